@@ -1,4 +1,4 @@
-"""Random-weight checkpoints in the exact Hugging Face on-disk layout, written by `transformers` (tests only)."""
+"""Random-weight checkpoints in the exact Hugging Face layout, written by `transformers` (tests only)."""
 
 from __future__ import annotations
 
@@ -70,15 +70,95 @@ def make_codegen_checkpoint(
 
 
 def to_pytorch_bin(dest: Path, *, n_layer: int, n_positions: int) -> None:
-    """Turn a safetensors checkpoint into the legacy `pytorch_model.bin` layout (with the old attn buffers)."""
+    """Turn a safetensors checkpoint into the legacy `pytorch_model.bin` layout (with old attn buffers)."""
     from safetensors.torch import load_file
 
     state = load_file(dest / "model.safetensors")
     # Old CodeGen checkpoints also carry the non-learned causal-mask buffers.
     for i in range(n_layer):
-        state[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool))[
-            None, None
-        ]
+        causal = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool))
+        state[f"transformer.h.{i}.attn.bias"] = causal[None, None]
         state[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e9)
     torch.save(state, dest / "pytorch_model.bin")
     (dest / "model.safetensors").unlink()
+
+
+NEOX_JA_TOKENIZER_FILES = ("vocab.txt", "emoji.json")
+
+
+def make_neox_japanese_checkpoint(
+    dest: Path,
+    *,
+    n_layer: int = 2,
+    hidden_size: int = 64,
+    n_head: int = 4,
+    intermediate_multiple_size: int = 4,
+    rotary_pct: float = 1.0,
+    rotary_emb_base: int = 10000,
+    max_position_embeddings: int = 512,
+    vocab_size: int = 32000,
+    tie_word_embeddings: bool = True,
+    legacy_config: bool = False,
+    safe_serialization: bool = True,
+    seed: int = 0,
+    init_std: float = 0.5,
+) -> Path:
+    """Write a random-weight GPTNeoXJapaneseForCausalLM (config, safetensors, real vocab.txt + emoji.json).
+
+    transformers 5 writes `rope_parameters` and omits `embed_out.weight` when tied; `legacy_config=True`
+    rewrites config.json the old way (`rotary_pct`, `rotary_emb_base`, no `tie_word_embeddings`);
+    `safe_serialization=False` writes `pytorch_model.bin` with the old non-learned attention buffers.
+    """
+    import json
+
+    from transformers import GPTNeoXJapaneseConfig, GPTNeoXJapaneseForCausalLM
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = GPTNeoXJapaneseConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        intermediate_multiple_size=intermediate_multiple_size,
+        max_position_embeddings=max_position_embeddings,
+        rotary_pct=rotary_pct,
+        rotary_emb_base=rotary_emb_base,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXJapaneseForCausalLM(config).eval()
+    # Larger-than-default random weights (incl. LayerNorms and dense_bias) so greedy paths are decisive.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, init_std / (p.shape[-1] ** 0.5) if p.dim() > 1 else 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name.endswith("final_layer_norm.weight"):
+                p.add_(1.0)
+    model.save_pretrained(dest)
+    if legacy_config:
+        path = dest / "config.json"
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        rope = cfg.pop("rope_parameters", {}) or {}
+        cfg.pop("tie_word_embeddings", None)
+        cfg["rotary_pct"] = rope.get("partial_rotary_factor", rotary_pct)
+        cfg["rotary_emb_base"] = rope.get("rope_theta", rotary_emb_base)
+        path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    if not safe_serialization:
+        from safetensors.torch import load_file
+
+        state = load_file(dest / "model.safetensors")
+        head_dim = hidden_size // n_head
+        rot = int(head_dim * rotary_pct)
+        for i in range(n_layer):
+            pre = f"gpt_neox_japanese.layers.{i}.attention."
+            n = max_position_embeddings
+            state[pre + "bias"] = torch.tril(torch.ones(n, n, dtype=torch.bool))[None, None]
+            state[pre + "masked_bias"] = torch.tensor(-1e9)
+            inv_freq = 1.0 / (rotary_emb_base ** (torch.arange(0, rot, 2).float() / rot))
+            state[pre + "rotary_emb.inv_freq"] = inv_freq
+        torch.save(state, dest / "pytorch_model.bin")
+        (dest / "model.safetensors").unlink()
+    for name in NEOX_JA_TOKENIZER_FILES:
+        shutil.copy(NEOX_JA_TOKENIZER_DIR / name, dest / name)
+    return dest

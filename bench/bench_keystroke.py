@@ -1,0 +1,220 @@
+"""Per-keystroke completion latency: the engine with KV-cache reuse vs transformers `generate`, same run.
+
+A random-weight model with codegen-350M-mono's exact shape, the real tokenizer, a real CPython stdlib
+source file as context (~1000 tokens before the cursor); the next 20 characters are typed one keystroke at
+a time and each keystroke asks for a 16-token greedy completion. Also: decode ms/token against a floor of
+(weight bytes read per token) / (matrix-vector bandwidth measured in this run).
+
+    python bench/bench_keystroke.py [--keystrokes 20] [--new-tokens 16] [--context-tokens 1000] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference import registry  # noqa: E402
+from inference.codegen import CodeGen  # noqa: E402
+from inference.config import CodeGenConfig  # noqa: E402
+from inference.engine import Engine  # noqa: E402
+from inference.generate import GenerationParams  # noqa: E402
+from inference.loader import LoadedModel, fill_weights  # noqa: E402
+from inference.weights import WeightSource  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
+
+TOKENIZER_DIR = ROOT.parent / "shared" / "data" / "codegen-350M-mono-tokenizer"
+SHAPE_350M = dict(
+    vocab_size=51200, n_positions=2048, n_embd=1024, n_layer=20, n_head=16, rotary_dim=32, n_inner=None
+)
+
+
+def context_and_keys(tok, context_tokens: int, n_keys: int) -> tuple[str, str, str]:
+    """(text before the cursor, the next n_keys characters to type, the file's path)."""
+    path = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
+    text = path.read_text(encoding="utf-8")
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        body = line.lstrip()
+        if len(tok.encode(text[:offset])) >= context_tokens and len(body.rstrip()) >= n_keys:
+            cursor = offset + len(line) - len(body)
+            return text[:cursor], text[cursor : cursor + n_keys], str(path)
+        offset += len(line)
+    raise SystemExit(f"{path} is too short")
+
+
+def build_models(tok):
+    """transformers' CodeGenForCausalLM with random weights, and the engine's model with the same weights."""
+    from transformers import CodeGenConfig as HFConfig
+    from transformers import CodeGenForCausalLM
+
+    torch.manual_seed(0)
+    ref = CodeGenForCausalLM(HFConfig(**SHAPE_350M)).eval()
+    state = ref.state_dict()
+    config = CodeGenConfig.from_dict({"model_type": "codegen", **SHAPE_350M})
+    with torch.device("meta"):
+        model = CodeGen(config)
+    fam = registry.REGISTRY["codegen"]
+    mem = Path("<memory>")
+    source = WeightSource({name: mem for name in state}, {mem: state})
+    fill_weights(model, source, fam.weight_map(config), fam.ignored, torch.device("cpu"), torch.float32)
+    model.init_buffers()
+    model.prepare_for_inference()
+    model.eval().requires_grad_(False)
+    loaded = LoadedModel(
+        name="random-350M-mono-shape",
+        path=mem,
+        family="codegen",
+        config=config,
+        model=model,
+        tokenizer=tok,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    return ref, loaded
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads: everything but the embedding table (one row of it)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    wte = model.wte.weight
+    return total - wte.numel() * wte.element_size() + wte.shape[1] * wte.element_size()
+
+
+@torch.inference_mode()
+def gemv_bandwidth(n: int = 4096, mats: int = 8, repeats: int = 10) -> tuple[float, float]:
+    """Bytes/s of float32 matrix-vector products over more matrices than any cache holds (best run), by
+    wall-clock and by process CPU time."""
+    ws = [torch.randn(n, n) for _ in range(mats)]
+    x = torch.randn(1, n)
+    for w in ws:
+        F.linear(x, w)
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        for w in ws:
+            F.linear(x, w)
+        best = min(best, time.perf_counter() - t)
+        best_cpu = min(best_cpu, time.process_time() - c)
+    nbytes = mats * n * n * 4
+    return nbytes / best, nbytes / max(best_cpu, 1e-9)
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of xs."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keystrokes", type=int, default=20)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--context-tokens", type=int, default=1000)
+    ap.add_argument("--skip-transformers", action="store_true", help="engine only (quick checks)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)"
+    )
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tok = load_tokenizer(TOKENIZER_DIR)
+    before, keys, src = context_and_keys(tok, args.context_tokens, args.keystrokes)
+    prompts = [before + keys[: k + 1] for k in range(args.keystrokes)]
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print("load average at start (other processes share this machine): " + loadavg())
+    print(f"context: {src}, {len(tok.encode(before))} tokens before the cursor; typing {keys!r}")
+    t = time.perf_counter()
+    ref, loaded = build_models(tok)
+    print(f"models built in {time.perf_counter() - t:.1f}s")
+    params = GenerationParams(max_new_tokens=args.new_tokens)
+    bw, bw_cpu = gemv_bandwidth()
+    wbytes = decode_weight_bytes(loaded.model)
+    floor_ms, floor_cpu = wbytes / bw * 1e3, wbytes / bw_cpu * 1e3
+    print(
+        f"matrix-vector bandwidth {bw / 1e9:.2f} GB/s wall ({bw_cpu / 1e9:.2f} GB/s by CPU time); "
+        f"decode reads {wbytes / 1e6:.0f} MB of weights per token -> "
+        f"floor {floor_ms:.1f} ms/token wall ({floor_cpu:.1f} CPU)"
+    )
+
+    engine = Engine(loaded)
+    engine.generate("doc", before, params)  # the document was opened: its cold prefill is not a keystroke
+    eng, eng_cpu, dec, dec_cpu, prefills, eng_ids = [], [], [], [], [], []
+    for p in prompts:
+        c = time.process_time()
+        r = engine.generate("doc", p, params)
+        eng_cpu.append((time.process_time() - c) * 1e3)
+        eng.append(r.total_ms)
+        prefills.append(r.prefill_tokens)
+        eng_ids.append(r.token_ids)
+        if r.decode_steps:
+            dec.append(r.decode_ms / r.decode_steps)
+            dec_cpu.append(r.extra["decode_cpu_ms"] / r.decode_steps)
+    cold = Engine(loaded).generate("cold", prompts[-1], params)
+    report("engine", eng, eng_cpu)
+    print(
+        f"              prefilled {statistics.mean(prefills):.1f} tokens/keystroke on average "
+        f"(a cold {cold.prompt_tokens}-token prompt: {cold.total_ms:.0f} ms wall)"
+    )
+    d, dc = statistics.median(dec), statistics.median(dec_cpu)
+    print(
+        f"decode:       {d:.1f} ms/token wall, {dc:.1f} ms/token CPU (median per keystroke); "
+        f"ratio to the floor {d / floor_ms:.2f}x wall, {dc / floor_cpu:.2f}x CPU"
+    )
+    if args.skip_transformers:
+        return
+
+    hf, hf_cpu, same = [], [], 0
+    with torch.inference_mode():
+        for p, ids in zip(prompts, eng_ids, strict=True):
+            x = torch.tensor([tok.encode(p)])
+            t, c = time.perf_counter(), time.process_time()
+            out = ref.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
+            hf.append((time.perf_counter() - t) * 1e3)
+            hf_cpu.append((time.process_time() - c) * 1e3)
+            same += out[0, x.shape[1] :].tolist() == ids
+    report("transformers", hf, hf_cpu)
+    print(f"              generate on the same prompts; {same}/{len(prompts)} completions token-identical")
+    print("load average at end: " + loadavg())
+    for name, a, b in (("wall", hf, eng), ("CPU", hf_cpu, eng_cpu)):
+        print(
+            f"speedup {name:4s}: p50 {pct(a, 0.5) / pct(b, 0.5):.1f}x  p95 {pct(a, 0.95) / pct(b, 0.95):.1f}x"
+        )
+
+
+def report(name: str, wall: list[float], cpu: list[float]) -> None:
+    """One line of per-keystroke percentiles, wall-clock and process CPU time."""
+    print(
+        f"{name + ':':13s} p50 {pct(wall, 0.5):7.0f} ms  p95 {pct(wall, 0.95):7.0f} ms wall;  "
+        f"p50 {pct(cpu, 0.5):7.0f} ms  p95 {pct(cpu, 0.95):7.0f} ms CPU per keystroke"
+    )
+
+
+if __name__ == "__main__":
+    main()

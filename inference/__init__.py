@@ -1,0 +1,1 @@
+"""The codegen-lsp inference engine: plain PyTorch, no transformers."""

@@ -1,0 +1,94 @@
+"""Engine: one LoadedModel, a CachePool under a byte budget, and sessions by key (one per document)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from inference.generate import GenerationParams, GenerationResult
+from inference.kv_cache import CachePool, KVCache, kv_cache_nbytes
+from inference.loader import LoadedModel
+from inference.session import Session
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BUDGET = 1 << 30  # 1 GiB: three full-window sessions of codegen-350M in float32
+MAX_SESSIONS = 512  # session objects (token ids only) kept; the least recently used beyond are dropped
+
+
+class Engine:
+    """Owns the model and every session's KV cache; safe to call from one worker thread (or several)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cache_budget_bytes: int = DEFAULT_CACHE_BUDGET,
+        max_context: int | None = None,
+    ):
+        self.loaded = loaded
+        cfg = loaded.config
+        self.capacity = min(max_context or cfg.n_positions, cfg.n_positions)
+        assert self.capacity >= 2, "the context window must hold at least 2 tokens"
+        shape = (cfg.n_layer, cfg.n_head, cfg.head_dim, self.capacity)
+        self.pool = CachePool(
+            cache_budget_bytes,
+            factory=lambda: KVCache(*shape, batch=1, device=loaded.device, dtype=loaded.dtype),
+            cache_nbytes=kv_cache_nbytes(*shape, batch=1, dtype=loaded.dtype),
+        )
+        self.sessions: OrderedDict[Hashable, Session] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def session(self, key: Hashable) -> Session:
+        """The session for `key`, created when new."""
+        with self._lock:
+            if key not in self.sessions:
+                self.sessions[key] = Session(key, self.loaded, self.pool, self._lock)
+                while len(self.sessions) > MAX_SESSIONS:
+                    old_key, _ = self.sessions.popitem(last=False)
+                    self.pool.drop(old_key)
+            self.sessions.move_to_end(key)
+            return self.sessions[key]
+
+    def generate(
+        self,
+        key: Hashable,
+        prompt: str | list[int],
+        params: GenerationParams | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Shorthand for engine.session(key).generate(...)."""
+        return self.session(key).generate(prompt, params, should_cancel)
+
+    def drop_session(self, key: Hashable) -> None:
+        """Forget a session and free its cache (e.g. the document was closed)."""
+        with self._lock:
+            self.sessions.pop(key, None)
+            self.pool.drop(key)
+
+    def clear_cache(self) -> None:
+        """Free every KV cache; sessions start from scratch next time."""
+        with self._lock:
+            self.pool.clear()
+            for s in self.sessions.values():
+                s.reset()
+
+    def stats(self) -> dict:
+        """Model, device and cache figures (for codegen.status)."""
+        with self._lock:
+            lm = self.loaded
+            return {
+                "model": lm.name,
+                "path": str(lm.path),
+                "family": lm.family,
+                "device": str(lm.device),
+                "dtype": str(lm.dtype).removeprefix("torch."),
+                "context_window": self.capacity,
+                "sessions": len(self.sessions),
+                "cached_sessions": len(self.pool),
+                "cache_bytes": self.pool.nbytes,
+                "cache_budget_bytes": self.pool.budget_bytes,
+                "evictions": self.pool.evictions,
+                "cached_tokens": {str(k): len(s.ids) for k, s in self.sessions.items() if k in self.pool},
+            }

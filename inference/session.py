@@ -1,0 +1,141 @@
+"""Session: one document's token ids + KV cache; reuses the longest common prefix; generate()."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+
+from inference.generate import GenerationParams, GenerationResult, decode_loop
+from inference.kv_cache import CachePool
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 512  # tokens per prefill forward: bounds the attention scores' memory
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def fit_prompt(text: str, tokenizer, limit: int) -> tuple[list[int], bool]:
+    """Encode text; if it has more than `limit` tokens, drop whole lines from the left until it fits."""
+    assert limit >= 1
+    ids = tokenizer.encode(text)
+    if len(ids) <= limit:
+        return ids, False
+    lines = text.splitlines(keepends=True)
+    lo, hi = 1, len(lines) - 1  # drop lines[:k]; find the smallest k that fits
+    best = None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        cand = tokenizer.encode("".join(lines[k:]))
+        if len(cand) <= limit:
+            best, hi = cand, k - 1
+        else:
+            lo = k + 1
+    if best is None:  # even the last line alone is too long: cut tokens
+        best = tokenizer.encode(lines[-1])[-limit:] if lines else []
+    return best, True
+
+
+class Session:
+    """Token ids whose K/V are in this session's cache (prompt + generated), keyed in the engine's pool."""
+
+    def __init__(self, key: Hashable, loaded, pool: CachePool, lock=None):
+        self.key = key
+        self.loaded = loaded
+        self.pool = pool
+        self.ids: list[int] = []  # ids whose K/V are valid in the cache, positions 0..len-1
+        self._lock = lock
+        self.last_used = time.monotonic()
+
+    def reset(self) -> None:
+        """Forget the cached ids (the pool keeps or recycles the memory)."""
+        self.ids = []
+
+    def generate(
+        self,
+        prompt: str | list[int],
+        params: GenerationParams | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """Complete `prompt`, reusing the cached prefix; the cache then holds prompt + generated ids."""
+        params = params or GenerationParams()
+        if self._lock is None:
+            return self._generate(prompt, params, should_cancel)
+        with self._lock:
+            return self._generate(prompt, params, should_cancel)
+
+    @torch.inference_mode()
+    def _generate(self, prompt, params: GenerationParams, should_cancel) -> GenerationResult:
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.last_used = time.monotonic()
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        cache, fresh = self.pool.acquire(self.key)
+        if fresh:
+            self.ids = []
+        # room for the completion, but never less than half the window for the prompt (then: context_full)
+        limit = max(1, cache.capacity - min(params.max_new_tokens, cache.capacity // 2))
+        if isinstance(prompt, str):
+            ids, truncated = fit_prompt(prompt, tok, limit)
+        else:
+            vocab = self.loaded.config.vocab_size
+            if any(not 0 <= i < vocab for i in prompt):
+                raise ValueError(f"prompt token ids must be in [0, {vocab})")
+            ids, truncated = list(prompt)[-limit:], len(prompt) > limit
+        if truncated:
+            log.info(
+                "prompt cut from the left to %d tokens to fit the %d-token window", len(ids), cache.capacity
+            )
+        if not ids:  # an empty prompt starts from the beginning-of-text token
+            bos = self.loaded.config.bos_token_id
+            ids = [bos if bos is not None else tok.eos_token_id]
+        reuse = min(common_prefix(self.ids, ids), len(ids) - 1)
+        self.ids = ids[:reuse]
+        device = self.loaded.device
+        positions = torch.arange(cache.capacity, device=device)
+        logits = None
+        start = reuse
+        while start < len(ids):
+            if should_cancel is not None and should_cancel():
+                return self._result("", [], "cancelled", ids, reuse, t0, t0, truncated, 0)
+            end = min(start + PREFILL_CHUNK, len(ids))
+            chunk = torch.tensor([ids[start:end]], dtype=torch.long, device=device)
+            logits = model(chunk, positions[start:end], cache, last_only=True)[0, -1]
+            self.ids = ids[:end]
+            start = end
+        t1, c1 = time.perf_counter(), time.process_time()
+        text, gen, fed, reason, steps = decode_loop(
+            model, cache, logits, len(ids), params, tok, self.loaded.config.eos_token_id, should_cancel
+        )
+        self.ids = ids + fed
+        result = self._result(text, gen, reason, ids, reuse, t0, t1, truncated, steps)
+        c2 = (
+            time.process_time()
+        )  # CPU time of the whole process: meaningful where other processes share the CPU
+        result.extra.update(prefill_cpu_ms=(c1 - c0) * 1e3, decode_cpu_ms=(c2 - c1) * 1e3)
+        return result
+
+    def _result(self, text, gen, reason, ids, reuse, t0, t1, truncated, steps) -> GenerationResult:
+        t2 = time.perf_counter()
+        return GenerationResult(
+            text=text,
+            token_ids=gen,
+            stop_reason=reason,
+            prompt_tokens=len(ids),
+            reused_tokens=reuse,
+            prefill_tokens=len(ids) - reuse,
+            prefill_ms=(t1 - t0) * 1e3,
+            decode_ms=(t2 - t1) * 1e3,
+            total_ms=(t2 - t0) * 1e3,
+            decode_steps=steps,
+            truncated=truncated,
+        )

@@ -1,0 +1,1 @@
+"""codegen-lsp: a language server for local AI code completion."""

@@ -1,0 +1,170 @@
+"""`codegen-lsp complete | serve | synthesize`. Logs go to stderr; stdout carries only the result."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("line", "block", "free", "sentence")
+# File suffix -> LSP language id, so the CLI trims as the server does for that language.
+LANGUAGES = {
+    ".py": "python",
+    ".pyi": "python",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rst": "restructuredtext",
+    ".txt": "plaintext",
+}
+
+log = logging.getLogger("codegen_lsp.cli")
+
+
+class CliError(Exception):
+    """Bad command-line input; the message is shown as is."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with the three subcommands."""
+    p = argparse.ArgumentParser(
+        prog="codegen-lsp", description="AI code completion from local CodeGen models."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("complete", help="print the completion at a position of a file")
+    c.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, hub id or 'builtin'")
+    c.add_argument("--file", required=True, help="source file; the text before the position is the prompt")
+    c.add_argument("--line", type=int, default=None, help="0-based line (default: end of file)")
+    c.add_argument("--character", type=int, default=None, help="0-based column in characters (default: end)")
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    c.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
+    c.add_argument(
+        "--raw", action="store_true", help="print the generated text without stop-pattern trimming"
+    )
+    c.add_argument("--language", default=None, help="LSP language id (default: from the file suffix)")
+    c.add_argument("--mode", choices=MODES, default=None, help="completion mode (default: the server's)")
+    c.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+
+    s = sub.add_parser("serve", help="run the language server (stdio by default)")
+    s.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=2087)
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+    y = sub.add_parser("synthesize", help="multi-turn program synthesis: one comment per turn")
+    y.add_argument("--model", default=DEFAULT_MODEL)
+    y.add_argument("--device", default="cpu")
+    y.add_argument("--dtype", default="float32")
+    y.add_argument("--max-new-tokens-per-turn", type=int, default=128)
+    y.add_argument("--temperature", type=float, default=0.2)
+    y.add_argument("--top-p", type=float, default=0.95)
+    y.add_argument("--seed", type=int, default=None)
+    y.add_argument("--file", default=None, help="existing program the turns continue (optional)")
+    y.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    y.add_argument("turns", nargs="+", help="one instruction per turn")
+    return p
+
+
+def text_before(text: str, line: int | None, character: int | None) -> str:
+    """The text before (line, character), both 0-based; None means the end of the file / of the line."""
+    if line is None:
+        if character is not None:
+            raise CliError("--character needs --line")
+        return text
+    lines = text.splitlines(keepends=True)
+    if line < 0 or line > len(lines) or (line == len(lines) and text and not text.endswith(("\n", "\r"))):
+        raise CliError(f"--line {line} is outside the file ({len(lines)} lines, 0-based)")
+    offset = sum(len(x) for x in lines[:line])
+    content = lines[line].rstrip("\r\n") if line < len(lines) else ""
+    if character is None:
+        character = len(content)
+    if not 0 <= character <= len(content):
+        raise CliError(f"--character {character} is outside line {line} ({len(content)} characters)")
+    return text[: offset + character]
+
+
+def stop_patterns(path: Path, prompt: str, language: str | None, mode: str | None) -> list[str]:
+    """The server's stop patterns for this file's language, mode and cursor line (the same trimming)."""
+    from lsp_server import postprocess
+    from lsp_server.settings import Settings
+
+    language = language or LANGUAGES.get(path.suffix.lower(), "*")
+    mode = mode or Settings().mode_for(language)
+    return postprocess.patterns_for(language, mode, prompt[prompt.rfind("\n") + 1 :])
+
+
+def complete(args: argparse.Namespace) -> int:
+    """`codegen-lsp complete`: print the completion for the text before the position."""
+    from inference.engine import Engine
+    from inference.errors import ModelLoadError
+    from inference.generate import GenerationParams
+    from inference.loader import load_model
+    from lsp_server.postprocess import trim
+
+    try:
+        path = Path(args.file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CliError(f"no such file: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read {path}: {exc}") from exc
+        prompt = text_before(text, args.line, args.character)
+        stops = () if args.raw else stop_patterns(path, prompt, args.language, args.mode)
+        params = GenerationParams(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop_patterns=stops,
+        )
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    except (CliError, ModelLoadError, ValueError) as exc:
+        print(f"codegen-lsp complete: error: {exc}", file=sys.stderr)
+        return 2
+    if loaded.notice:
+        print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
+    result = Engine(loaded, max_context=None).generate("cli", prompt, params)
+    out = result.text if args.raw else trim(result.text, stops)
+    log.info(
+        "%d prompt tokens%s, %d generated (%s), prefill %.0f ms, decode %.0f ms",
+        result.prompt_tokens,
+        " (cut from the left)" if result.truncated else "",
+        len(result.token_ids),
+        result.stop_reason,
+        result.prefill_ms,
+        result.decode_ms,
+    )
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `codegen-lsp` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from lsp_server.server import serve
+
+        return serve(args) or 0
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "complete":
+        return complete(args)
+    from lsp_server.synthesis import main as synthesize_main
+
+    return synthesize_main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
