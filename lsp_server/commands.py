@@ -1,0 +1,74 @@
+"""workspace/executeCommand registry: name -> async handler(server, args); codegen.status, codegen.clearCache.
+
+Other modules add commands with the `command` decorator at import time (lsp_server.synthesis is imported
+by the server before it starts, so its commands are advertised in the server's capabilities):
+
+    from lsp_server.commands import command
+
+    @command("codegen.synthesize")
+    async def synthesize(server, args: list) -> dict: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lsp_server.settings import as_camel_dict
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[Any, list], Awaitable[Any]]
+COMMANDS: dict[str, CommandHandler] = {}
+
+
+def command(name: str) -> Callable[[CommandHandler], CommandHandler]:
+    """Register an async handler(server, args) for `workspace/executeCommand` name."""
+
+    def register(fn: CommandHandler) -> CommandHandler:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+@command("codegen.status")
+async def status(server, args: list) -> dict:
+    """Model, device, dtype, cache use, last latencies, and why the last answers were empty."""
+    uri = args[0] if args and isinstance(args[0], str) else None
+    comp = server.completer.stats
+    out = {
+        "version": server.version,
+        "positionEncoding": server.position_encoding,
+        "settings": as_camel_dict(server.settings),
+        "models": server.models.status(),
+        "modelFailures": {k[0]: v for k, v in server.models.failures.items()},
+        "worker": dataclasses.asdict(server.worker.stats),
+        "completions": {
+            "requests": comp.requests,
+            "modelCalls": comp.model_calls,
+            "typedThroughHits": comp.typed_through_hits,
+            "emptyReasons": dict(comp.empty),
+            "lastReason": comp.last_reason.get(uri) if uri else dict(comp.last_reason),
+        },
+        "latency": comp.latencies(),
+        "openDocuments": len(server.documents),
+    }
+    return out
+
+
+@command("codegen.clearCache")
+async def clear_cache(server, args: list) -> dict:
+    """Free every KV cache and forget the typed-through suggestions."""
+    entries = list(server.models.entries.values())
+
+    def clear() -> None:
+        for e in entries:
+            e.engine.clear_cache()
+
+    await server.worker.call(clear)
+    server.completer.forget()
+    log.info("caches cleared (%d models)", len(entries))
+    return {"cleared": len(entries)}

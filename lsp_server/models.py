@@ -1,0 +1,226 @@
+"""Model manager: per-language model map, lazy loading on first use with $/progress, LRU unloading
+within `modelMemoryBudgetMb`, and a one-time message when the built-in model stands in for a failed one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lsprotocol import types
+
+from lsp_server.progress import Progress, show
+from lsp_server.settings import Settings
+
+log = logging.getLogger(__name__)
+BUILTIN = "builtin"
+
+
+class ModelUnavailable(Exception):
+    """No model can serve a language; the message says why and what to change."""
+
+
+@dataclass
+class ModelEntry:
+    """One loaded model with its engine (sessions keyed by document URI)."""
+
+    name: str
+    device: str
+    dtype: str
+    loaded: Any  # inference.loader.LoadedModel
+    engine: Any  # inference.engine.Engine
+    weight_bytes: int
+    load_s: float
+    last_used: float = field(default_factory=time.monotonic)
+    stands_in_for: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.name, self.device, self.dtype)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda, mps or cpu (whichever exists)."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` -> float32 on CPU, bfloat16 (or float16) on a GPU."""
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float16" if device == "mps" else "float32"
+
+
+def _weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+
+
+class ModelManager:
+    """Loaded models by (name, device, dtype); loads run on the inference thread."""
+
+    def __init__(self, ls, worker, settings: Settings) -> None:
+        self.ls = ls
+        self.worker = worker
+        self.settings = settings
+        self.entries: dict[tuple[str, str, str], ModelEntry] = {}
+        self._loading: dict[tuple[str, str, str], asyncio.Future] = {}
+        self.failures: dict[tuple[str, str, str], str] = {}  # not retried until the settings change
+        self._told: set[str] = set()
+
+    def key_for(self, name: str) -> tuple[str, str, str]:
+        device = resolve_device(self.settings.device)
+        return (name, device, resolve_dtype(self.settings.dtype, device))
+
+    def update_settings(self, settings: Settings) -> None:
+        """New settings: forget failures, unload models no language uses any more."""
+        self.settings = settings
+        self.failures.clear()
+        self._told.clear()
+        wanted = {self.key_for(settings.model)} | {self.key_for(m) for m in settings.language_models.values()}
+        for key in list(self.entries):
+            entry = self.entries[key]
+            stand_in = entry.stands_in_for is not None and self.key_for(entry.stands_in_for) in wanted
+            if key not in wanted and not stand_in:
+                self.unload(key)
+
+    def unload(self, key) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            log.info("unloading model %s (%s, %s)", *key)
+            entry.engine.clear_cache()
+            if entry.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def loaded_for(self, language: str) -> ModelEntry | None:
+        """The entry already serving `language`, without loading anything."""
+        key = self.key_for(self.settings.model_for(language))
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = next((e for e in self.entries.values() if e.stands_in_for == key[0]), None)
+        return entry
+
+    async def get(self, language: str) -> ModelEntry:
+        """The model for `language`, loading it (or the built-in stand-in) on first use."""
+        name = self.settings.model_for(language)
+        key = self.key_for(name)
+        try:
+            entry = await self._get(key)
+        except ModelUnavailable as e:
+            if name == BUILTIN:
+                raise
+            try:
+                entry = await self._get(self.key_for(BUILTIN))
+            except ModelUnavailable as e2:
+                raise ModelUnavailable(f"{e}; the built-in model failed too: {e2}") from None
+            if name not in self._told:
+                self._told.add(name)
+                show(
+                    self.ls,
+                    f"codegen: {e}. Using the built-in model instead; set `codegen.model` "
+                    "(or `codegen.languageModels`) to a local checkpoint directory or a reachable hub id.",
+                    types.MessageType.Warning,
+                )
+            entry.stands_in_for = name
+        entry.last_used = time.monotonic()
+        return entry
+
+    async def _get(self, key) -> ModelEntry:
+        if key in self.entries:
+            return self.entries[key]
+        if key in self.failures:
+            raise ModelUnavailable(self.failures[key])
+        if key not in self._loading:
+            self._loading[key] = asyncio.ensure_future(self._load(key))
+        try:
+            return await asyncio.shield(self._loading[key])
+        finally:
+            if self._loading.get(key) is not None and self._loading[key].done():
+                self._loading.pop(key, None)
+
+    async def _load(self, key) -> ModelEntry:
+        from inference.engine import Engine
+        from inference.loader import load_model
+
+        name, device, dtype = key
+        progress = await Progress(self.ls, f"codegen: loading {name}").begin(f"{device}, {dtype}")
+
+        def on_progress(*args, **kwargs) -> None:
+            progress.report(" ".join(str(a) for a in (*args, *kwargs.values()) if a is not None))
+
+        def load() -> ModelEntry:
+            t0 = time.perf_counter()
+            loaded = load_model(name, device=device, dtype=dtype, progress=on_progress, allow_fallback=False)
+            engine = Engine(loaded, cache_budget_bytes=self.settings.cache_budget_mb << 20)
+            return ModelEntry(
+                name, device, dtype, loaded, engine, _weight_bytes(loaded.model), time.perf_counter() - t0
+            )
+
+        try:
+            entry = await self.worker.call(load)
+        except Exception as e:
+            message = f"could not load model {name!r}: {e}"
+            if not _is_load_error(e):
+                log.exception("loading %s failed", name)
+            self.failures[key] = message
+            progress.end("failed")
+            raise ModelUnavailable(message) from None
+        progress.end(f"loaded in {entry.load_s:.1f} s")
+        log.info("loaded %s on %s (%s) in %.2f s", name, device, dtype, entry.load_s)
+        self.entries[key] = entry
+        self._enforce_budget(keep=key)
+        return entry
+
+    def _enforce_budget(self, keep) -> None:
+        budget = self.settings.model_memory_budget_mb << 20
+        if budget <= 0:
+            return
+        cache = self.settings.cache_budget_mb << 20
+        while sum(e.weight_bytes + cache for e in self.entries.values()) > budget and len(self.entries) > 1:
+            lru = min((e for e in self.entries.values() if e.key != keep), key=lambda e: e.last_used)
+            self.unload(lru.key)
+
+    def status(self) -> list[dict]:
+        """What codegen.status shows about the models."""
+        out = []
+        for e in self.entries.values():
+            stats = e.engine.stats() if hasattr(e.engine, "stats") else {}
+            out.append(
+                {
+                    "name": e.name,
+                    "path": str(getattr(e.loaded, "path", "")),
+                    "family": getattr(e.loaded, "family", ""),
+                    "device": e.device,
+                    "dtype": e.dtype,
+                    "weightMb": round(e.weight_bytes / 2**20, 1),
+                    "loadSeconds": round(e.load_s, 3),
+                    "standsInFor": e.stands_in_for,
+                    "engine": stats,
+                }
+            )
+        return out
+
+
+def _is_load_error(e: Exception) -> bool:
+    try:
+        from inference.errors import ModelLoadError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(e, ModelLoadError)

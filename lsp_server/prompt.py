@@ -1,0 +1,63 @@
+"""Text before the cursor -> prompt, cut from the left at a line boundary, moving its start in large steps.
+
+The prompt's start stays where it was as long as the text from there to the cursor fits the budget
+(`window - maxNewTokens` tokens) and the text at the start is unchanged. When it no longer fits, the start
+jumps forward to the first line that leaves a quarter of the budget free, so the next keystrokes keep
+reusing the engine's KV cache (a moving start would change every token and force a full prefill).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ANCHOR_CHARS = 64  # text remembered at the prompt start to notice edits above it
+MAX_CHARS_PER_TOKEN = 16  # never look further back than budget * this many characters
+SLACK = 4  # after a jump, 1/SLACK of the budget is free
+
+
+@dataclass
+class PromptWindow:
+    """Where the last prompt of a document started (per document state)."""
+
+    start: int = 0
+    anchor: str = ""
+
+
+def line_starts(text: str, lo: int = 0) -> list[int]:
+    """Indexes (>= lo) where a line starts, after '\\n' (a CRLF ends in '\\n' too)."""
+    out = [lo] if lo == 0 or text[lo - 1] == "\n" else []
+    i = text.find("\n", lo)
+    while i != -1:
+        out.append(i + 1)
+        i = text.find("\n", i + 1)
+    return out
+
+
+def _still_valid(prefix: str, w: PromptWindow) -> bool:
+    s = w.start
+    return 0 < s <= len(prefix) and prefix[s - 1] == "\n" and prefix.startswith(w.anchor, s)
+
+
+def cut_prompt(
+    prefix: str, budget: int, count: Callable[[str], int], window: PromptWindow | None = None
+) -> tuple[str, PromptWindow]:
+    """The prompt for `prefix` within `budget` tokens, and the window to pass to the next call."""
+    assert budget > 0, "the token budget must be positive"
+    if window is not None and _still_valid(prefix, window) and count(prefix[window.start :]) <= budget:
+        return prefix[window.start :], window
+    lo = max(0, len(prefix) - budget * MAX_CHARS_PER_TOKEN)
+    if lo == 0 and count(prefix) <= budget:
+        return prefix, PromptWindow(0, prefix[:ANCHOR_CHARS])
+    target = budget - budget // SLACK
+    starts = [s for s in line_starts(prefix, lo) if s < len(prefix)] or [len(prefix)]
+    # smallest line start whose tail fits the target (token counts fall as the start moves right)
+    i = bisect_left(range(len(starts)), True, key=lambda k: count(prefix[starts[k] :]) <= target)
+    if i < len(starts):
+        start = starts[i]
+    else:  # the last line alone is over the target: cut inside it
+        first = starts[-1]
+        span = range(first, len(prefix) + 1)
+        start = first + bisect_left(range(len(span)), True, key=lambda k: count(prefix[span[k] :]) <= target)
+    return prefix[start:], PromptWindow(start, prefix[start : start + ANCHOR_CHARS])

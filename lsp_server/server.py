@@ -1,0 +1,255 @@
+"""The language server: protocol handlers only; the work is in the adapter modules next to this one."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
+
+from inference.worker import Worker
+from lsp_server import settings as settings_mod
+from lsp_server.commands import COMMANDS
+from lsp_server.completion import KINDS, Completer
+from lsp_server.documents import DocumentError, Documents
+from lsp_server.models import ModelManager
+from lsp_server.progress import log_to_client, show
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+LOGGERS = ("lsp_server", "inference", "tokenizer")
+TRIGGER_CHARACTERS = [".", "(", ","]  # clients that autotrigger only on these (Neovim 0.11) still get asked
+ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
+
+
+class CodegenProtocol(LanguageServerProtocol):
+    """Document sync goes to our own store (exact UTF-8/16/32 positions, CRLF, invalid-range checks)."""
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params):
+        yield self.fm.features[types.TEXT_DOCUMENT_DID_OPEN], (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params):
+        yield self.fm.features[types.TEXT_DOCUMENT_DID_CHANGE], (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params):
+        yield self.fm.features[types.TEXT_DOCUMENT_DID_CLOSE], (params,), None
+
+
+class CodegenServer(LanguageServer):
+    """Server state: settings, documents, models, the inference worker and the completer."""
+
+    def __init__(self) -> None:
+        super().__init__("codegen-lsp", VERSION, protocol_cls=CodegenProtocol)
+        self.settings = settings_mod.Settings()
+        self.documents = Documents()
+        self.worker = Worker()
+        self.models = ModelManager(self, self.worker, self.settings)
+        self.completer = Completer(self)
+
+    @property
+    def position_encoding(self) -> str:
+        enc = self.workspace.position_encoding if self.protocol._workspace is not None else None
+        return ENCODINGS.get(str(getattr(enc, "value", enc)), "utf-16")
+
+    def apply_settings(self, raw) -> None:
+        """Validate and apply settings; report rejected values to the user."""
+        new, errors = settings_mod.update(self.settings, raw)
+        for e in errors:
+            show(self, f"codegen: {e}", types.MessageType.Warning)
+        if new.log_level != self.settings.log_level:
+            set_log_level(new.log_level)
+        self.settings = new
+        self.models.update_settings(new)
+        self.completer.forget()
+
+    def shutdown(self) -> None:
+        self.worker.close()
+        super().shutdown()
+
+
+def set_log_level(level: str) -> None:
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+    logging.getLogger("pygls").setLevel("DEBUG" if level == "debug" else "WARNING")
+
+
+def doc_offset(ls: CodegenServer, uri: str, position: types.Position):
+    """(document, string offset) of a request position; InvalidParams for an unknown document."""
+    try:
+        doc = ls.documents.get(uri)
+    except DocumentError as e:
+        raise JsonRpcInvalidParams(str(e)) from None
+    offset, clamped = doc.offset_at(position.line, position.character, ls.position_encoding)
+    if clamped:
+        log.info("position %d:%d clamped to the document in %s", position.line, position.character, uri)
+    return doc, offset
+
+
+def to_range(ls: CodegenServer, doc, start: int, end: int) -> types.Range:
+    enc = ls.position_encoding
+    (l1, c1), (l2, c2) = doc.position_at(start, enc), doc.position_at(end, enc)
+    return types.Range(types.Position(l1, c1), types.Position(l2, c2))
+
+
+def create_server() -> CodegenServer:
+    """A server with every handler and command registered."""
+    try:
+        importlib.import_module("lsp_server.synthesis")  # registers its commands in COMMANDS
+    except ImportError as e:
+        log.warning("synthesis commands unavailable: %s", e)
+    ls = CodegenServer()
+
+    @ls.feature(types.INITIALIZE)
+    def initialize(ls: CodegenServer, params: types.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options)
+
+    @ls.feature(types.INITIALIZED)
+    async def initialized(ls: CodegenServer, params: types.InitializedParams) -> None:
+        log_to_client(
+            ls, f"codegen-lsp {VERSION}: model {ls.settings.model}, positions {ls.position_encoding}"
+        )
+        try:
+            await ls.models.get("")  # load the default model now rather than at the first keystroke
+        except asyncio.CancelledError:  # the client went away while it loaded
+            return
+        except Exception as e:
+            show(ls, f"codegen: {e}")
+
+    @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: CodegenServer, params: types.DidChangeConfigurationParams) -> None:
+        raw = params.settings
+        if not raw and ls.client_capabilities.workspace and ls.client_capabilities.workspace.configuration:
+            items = [types.ConfigurationItem(section="codegen")]
+            raw = (await ls.workspace_configuration_async(types.ConfigurationParams(items=items)))[0]
+        ls.apply_settings(raw)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: CodegenServer, params: types.DidOpenTextDocumentParams) -> None:
+        d = params.text_document
+        ls.documents.open(d.uri, d.language_id, d.version, d.text)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: CodegenServer, params: types.DidChangeTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        try:
+            doc = ls.documents.get(uri)
+            for change in params.content_changes:
+                doc.apply_change(change, ls.position_encoding)
+            doc.version = params.text_document.version
+        except DocumentError as e:
+            log_to_client(ls, f"codegen: {e}", types.MessageType.Warning)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.documents.close(uri)
+        ls.completer.forget(uri)
+        for kind in KINDS:
+            ls.worker.supersede((uri, kind))
+        for entry in ls.models.entries.values():
+            entry.engine.drop_session(uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):
+        doc, offset = doc_offset(ls, params.text_document.uri, params.position)
+        automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+        selected = None
+        if (info := params.context.selected_completion_info) is not None:
+            start, _ = doc.offset_at(info.range.start.line, info.range.start.character, ls.position_encoding)
+            end, _ = doc.offset_at(info.range.end.line, info.range.end.character, ls.position_encoding)
+            selected = (start, end, info.text)
+        out = await ls.completer.complete(doc, offset, automatic, selected)
+        if out.reason:
+            return types.InlineCompletionList(items=[])
+        item = types.InlineCompletionItem(insert_text=out.text, range=to_range(ls, doc, out.start, out.end))
+        return types.InlineCompletionList(items=[item])
+
+    completion_options = types.CompletionOptions(
+        trigger_characters=TRIGGER_CHARACTERS, resolve_provider=False
+    )
+
+    @ls.feature(types.TEXT_DOCUMENT_COMPLETION, completion_options)
+    async def completion(ls: CodegenServer, params: types.CompletionParams):
+        doc, offset = doc_offset(ls, params.text_document.uri, params.position)
+        ctx = params.context
+        automatic = ctx is None or ctx.trigger_kind != types.CompletionTriggerKind.Invoked
+        out = await ls.completer.complete(doc, offset, automatic, kind="list")
+        if out.reason:
+            return types.CompletionList(is_incomplete=True, items=[])
+        word = word_before(doc.text, offset)
+        new_text = doc.text[offset - len(word) : offset] + out.text
+        first = new_text.split("\n", 1)[0]
+        label = first.strip() or next((ln.strip() for ln in new_text.splitlines() if ln.strip()), "")
+        item = types.CompletionItem(
+            label=label,
+            kind=types.CompletionItemKind.Text,
+            detail="codegen",
+            documentation=new_text,
+            filter_text=first,
+            sort_text="0",
+            preselect=True,
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(range=to_range(ls, doc, offset - len(word), out.end), new_text=new_text),
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    for name, handler in COMMANDS.items():
+        register_command(ls, name, handler)
+    return ls
+
+
+def word_before(text: str, offset: int) -> str:
+    """The identifier characters just before `offset` (what a completion client filters with)."""
+    i = offset
+    while i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_"):
+        i -= 1
+    return text[i:offset]
+
+
+def register_command(ls: CodegenServer, name: str, handler) -> None:
+    """One workspace/executeCommand entry calling handler(server, args)."""
+
+    async def run(ls: CodegenServer, *args):
+        return await handler(ls, list(args))
+
+    run.__name__ = name.replace(".", "_")
+    ls.command(name)(run)
+
+
+def serve(args) -> int:
+    """Run the server on stdio (default) or TCP (`--tcp --host --port`); logs go to stderr only."""
+    level = (getattr(args, "log_level", None) or "info").upper()
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    set_log_level(level.lower())
+    ls = create_server()
+    code = 0
+    try:
+        if getattr(args, "tcp", False):
+            host, port = getattr(args, "host", None) or "127.0.0.1", getattr(args, "port", None) or 2087
+            ls.start_tcp(host, int(port))
+        else:
+            stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+            sys.stdout = sys.stderr  # a stray print() must never corrupt the protocol stream
+            ls.start_io(stdin, stdout)
+    except SystemExit as e:  # the `exit` notification: 0 after `shutdown`, else 1 (LSP)
+        code = e.code if isinstance(e.code, int) else 0
+    finally:
+        ls.worker.close()
+    # The protocol is over (exit, or the client went away). pygls' stdin reader thread may block on a read
+    # that never returns, and a model may still be loading: leave without joining threads.
+    log.info("server stopped")
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
