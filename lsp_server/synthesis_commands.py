@@ -1,0 +1,333 @@
+"""LSP commands for multi-turn synthesis: codegen.synthesize and the codegen.synthesis.* conversation.
+
+codegen.synthesize {textDocument: {uri, version?}, position, turns: [str], maxNewTokensPerTurn?, temperature?,
+                    topP?, seed?, insert?}
+    -> {program, turns: [{prompt, code, tokens, stopReason, ms, ...}], prefillTokens, promptTokens, cancelled,
+        applied?, reason?}
+codegen.synthesis.start {textDocument?: {uri}, position?, languageId?, maxNewTokensPerTurn?, temperature?,
+                         topP?, seed?} -> {id, languageId, historyTokens}
+codegen.synthesis.turn {id, prompt} -> {id, turn, program, turns, cancelled}
+codegen.synthesis.end {id} -> {id, ended, turns, program}
+
+maxNewTokensPerTurn defaults to 128 (MTPB), temperature and topP to the `temperature` / `topP` settings.
+`$/cancelRequest` stops at the next decode step; the answer then carries the turns finished so far and
+`cancelled: true`. Conversations are freed after `synthesisIdleSeconds` idle; their KV caches live in the
+model's engine, under `cacheBudgetMb` with every document's session (LRU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from dataclasses import dataclass
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+
+from lsp_server import synthesis as syn
+from lsp_server.commands import command
+from lsp_server.documents import DocumentError
+from lsp_server.progress import Progress
+
+log = logging.getLogger(__name__)
+REQUEST_FAILED = -32803  # LSP ErrorCodes.RequestFailed
+
+
+@dataclass
+class Sampling:
+    """Per-request generation options (camelCase in the arguments)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def _fail(message: str) -> JsonRpcInvalidParams:
+    return JsonRpcInvalidParams(message)
+
+
+def _object(args: list, name: str) -> dict:
+    """The single object argument of a command."""
+    if len(args) != 1 or not isinstance(args[0], dict):
+        raise _fail(f"{name} takes one object argument, got {args!r:.200}")
+    return args[0]
+
+
+def _sampling(obj: dict, n_positions: int, settings) -> Sampling:
+    """maxNewTokensPerTurn / temperature / topP / seed, checked (temperature, topP default to settings)."""
+    out = Sampling(temperature=settings.temperature, top_p=settings.top_p)
+    if "maxNewTokensPerTurn" in obj:
+        out.max_new_tokens = syn.validate_max_new_tokens(obj["maxNewTokensPerTurn"], n_positions)
+    else:
+        out.max_new_tokens = min(out.max_new_tokens, n_positions - 1)
+    t = obj.get("temperature", out.temperature)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 5.0:
+        raise syn.SynthesisError(f"temperature must be a number from 0 to 5, got {t!r}")
+    p = obj.get("topP", out.top_p)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+        raise syn.SynthesisError(f"topP must be a number in (0, 1], got {p!r}")
+    seed = obj.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise syn.SynthesisError(f"seed must be an integer, got {seed!r}")
+    out.temperature, out.top_p, out.seed = float(t), float(p), seed
+    return out
+
+
+def _params(s: Sampling):
+    from inference.engine import GenerationParams
+
+    return GenerationParams(
+        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
+    )
+
+
+def _document_and_offset(server, obj: dict, required: bool = True):
+    """(document, offset, position) of {textDocument: {uri}, position}; a position outside it is an error."""
+    td = obj.get("textDocument")
+    if td is None and not required:
+        return None, 0, None
+    if not isinstance(td, dict) or not isinstance(td.get("uri"), str):
+        raise _fail("'textDocument' must be {uri, version}")
+    try:
+        doc = server.documents.get(td["uri"])
+    except DocumentError as e:
+        raise _fail(str(e)) from None
+    pos = obj.get("position")
+    ok = isinstance(pos, dict) and all(
+        isinstance(pos.get(k), int) and not isinstance(pos.get(k), bool) and pos[k] >= 0
+        for k in ("line", "character")
+    )
+    if not ok:
+        raise _fail("'position' must be {line, character} with non-negative integers")
+    offset, clamped = doc.offset_at(pos["line"], pos["character"], server.position_encoding)
+    if clamped:
+        raise _fail(
+            f"position {pos['line']}:{pos['character']} is outside {doc.uri} "
+            f"({doc.line_count} lines, version {doc.version})"
+        )
+    return doc, offset, types.Position(line=pos["line"], character=pos["character"])
+
+
+async def _engine_for(server, language: str):
+    """The engine that serves `language` (loading its model on first use)."""
+    try:
+        entry = await server.models.get(language)
+    except Exception as e:
+        raise JsonRpcException(f"codegen: no model for synthesis: {e}", code=REQUEST_FAILED) from None
+    return entry.engine, entry.loaded.config.n_positions
+
+
+class _CancelHook:
+    """Stands in for a request's future in pygls' table: `$/cancelRequest` then stops the turns at the next
+    decode step and the request still answers, with the turns finished so far."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def cancel(self) -> bool:
+        self.event.set()
+        return False
+
+    def done(self) -> bool:
+        return self.event.is_set()
+
+
+def _cancel_hook(server) -> _CancelHook:
+    """Route `$/cancelRequest` for the current request to a flag (the default would drop the answer)."""
+    hook = _CancelHook()
+    proto = server.protocol
+    msg_id = proto.msg_id
+    if msg_id is not None:
+        if msg_id in proto._request_futures:
+            proto._request_futures[msg_id] = hook
+        else:  # cancelled before this handler ran: pygls has answered already, so do no work
+            hook.event.set()
+    return hook
+
+
+def store(server) -> syn.ConversationStore:
+    """The server's conversation store, idle time from the settings."""
+    st = getattr(server, "synthesis_store", None)
+    if st is None:
+        st = server.synthesis_store = syn.ConversationStore()
+    st.idle_seconds = server.settings.synthesis_idle_seconds
+    return st
+
+
+async def _free(server, convs: list[syn.Conversation]) -> None:
+    """Drop sessions on the inference thread (the engine's lock is held while it generates)."""
+    if convs:
+        await server.worker.call(lambda: [c.close() for c in convs])
+
+
+async def expire(server) -> None:
+    """Free idle conversations now; while any is left, check again after the idle time (one timer)."""
+    st = store(server)
+    await _free(server, st.expire())
+    loop = asyncio.get_running_loop()
+    due = loop.time() + st.idle_seconds + 0.05
+    timer = getattr(st, "timer", None)
+    if not len(st) or (timer is not None and not timer.cancelled() and timer.when() <= due):
+        return
+    if timer is not None:
+        timer.cancel()  # the idle time was shortened
+
+    def fire() -> None:
+        st.timer = None
+        asyncio.ensure_future(expire(server))
+
+    st.timer = loop.call_at(due, fire)
+
+
+async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: _CancelHook) -> syn.TurnResult:
+    def work(should_cancel) -> syn.TurnResult:
+        return conv.turn(prompt, lambda: should_cancel() or hook.event.is_set())
+
+    return await server.worker.submit(conv.session_key, work)
+
+
+async def _apply(server, doc, version: int, position: types.Position, program: str) -> dict:
+    """One workspace/applyEdit inserting the program, for the version the request named."""
+    if doc.uri not in server.documents or server.documents.get(doc.uri) is not doc:
+        return {"applied": False, "reason": f"{doc.uri} was closed; nothing was written"}
+    if doc.version != version:
+        return {
+            "applied": False,
+            "reason": f"{doc.uri} changed (version {doc.version}, the request was for {version}); "
+            "nothing was written",
+        }
+    if not program:
+        return {"applied": False, "reason": "the program is empty; nothing was written"}
+    if "\r\n" in doc.text:  # keep the document's line endings
+        program = re.sub(r"(?<!\r)\n", "\r\n", program)
+    edit = types.TextEdit(range=types.Range(start=position, end=position), new_text=program)
+    caps = server.client_capabilities.workspace
+    if caps and caps.workspace_edit and caps.workspace_edit.document_changes:
+        ident = types.OptionalVersionedTextDocumentIdentifier(uri=doc.uri, version=version)
+        wedit = types.WorkspaceEdit(
+            document_changes=[types.TextDocumentEdit(text_document=ident, edits=[edit])]
+        )
+    else:
+        wedit = types.WorkspaceEdit(changes={doc.uri: [edit]})
+    params = types.ApplyWorkspaceEditParams(edit=wedit, label="codegen: synthesized program")
+    try:
+        res = await server.workspace_apply_edit_async(params)
+    except Exception as e:
+        return {"applied": False, "reason": f"the editor refused the edit: {e}"}
+    out = {"applied": bool(res.applied)}
+    if not res.applied:
+        out["reason"] = f"the editor did not apply the edit: {res.failure_reason or 'no reason given'}"
+    return out
+
+
+@command("codegen.synthesize")
+async def synthesize(server, args: list) -> dict:
+    """Every turn on one session; optional insertion at the position with one versioned edit."""
+    obj = _object(args, "codegen.synthesize")
+    hook = _cancel_hook(server)
+    try:
+        turns = syn.validate_turns(obj.get("turns"))
+        doc, offset, position = _document_and_offset(server, obj)
+        version = obj["textDocument"].get("version", doc.version)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise syn.SynthesisError(f"textDocument.version must be an integer, got {version!r}")
+        insert = obj.get("insert", False)
+        if not isinstance(insert, bool):
+            raise syn.SynthesisError(f"insert must be true or false, got {insert!r}")
+        text_before, language = doc.text[:offset], doc.language_id
+        engine, n_positions = await _engine_for(server, language)
+        sampling = _sampling(obj, n_positions, server.settings)
+    except syn.SynthesisError as e:
+        raise _fail(str(e)) from None
+    conv = syn.new_conversation(engine, text_before, language, _params(sampling))
+    progress = await Progress(server, "codegen: synthesizing").begin(f"turn 1/{len(turns)}")
+    cancelled = False
+    try:
+        for k, prompt in enumerate(turns, 1):
+            if hook.event.is_set():
+                cancelled = True
+                break
+            progress.report(f"turn {k}/{len(turns)}", percentage=100 * (k - 1) // len(turns))
+            turn = await _run_turn(server, conv, prompt, hook)
+            if turn.stop_reason == "cancelled":
+                cancelled = True
+                break
+    finally:
+        progress.end("cancelled" if cancelled else f"{len(conv.turns)} turns")
+        await _free(server, [conv])
+    result = conv.summary(cancelled)
+    if insert:
+        if cancelled:
+            result.update(applied=False, reason="cancelled; nothing was written")
+        else:
+            result.update(await _apply(server, doc, version, position, result["program"]))
+    return result
+
+
+@command("codegen.synthesis.start")
+async def start(server, args: list) -> dict:
+    """A conversation continuing the document at the position (or MTPB's header for a language)."""
+    obj = _object(args, "codegen.synthesis.start")
+    try:
+        doc, offset, _ = _document_and_offset(server, obj, required=False)
+        language = doc.language_id if doc is not None else obj.get("languageId", "python")
+        if not isinstance(language, str) or not language:
+            raise syn.SynthesisError(f"languageId must be a language identifier, got {language!r}")
+        engine, n_positions = await _engine_for(server, language)
+        sampling = _sampling(obj, n_positions, server.settings)
+    except syn.SynthesisError as e:
+        raise _fail(str(e)) from None
+    st = store(server)
+    await _free(server, st.expire())
+    text_before = doc.text[:offset] if doc is not None else ""
+    try:
+        conv = st.add(syn.new_conversation(engine, text_before, language, _params(sampling)))
+    except syn.SynthesisError as e:
+        raise JsonRpcException(str(e), code=REQUEST_FAILED) from None
+    await expire(server)  # schedules the idle check
+    tok = engine.loaded.tokenizer
+    return {"id": conv.id, "languageId": conv.language_id, "historyTokens": len(tok.encode(conv.lead))}
+
+
+@command("codegen.synthesis.turn")
+async def turn(server, args: list) -> dict:
+    """One turn of a conversation; the code arrives with the answer."""
+    obj = _object(args, "codegen.synthesis.turn")
+    st = store(server)
+    await _free(server, st.expire())
+    try:
+        conv = st.get(obj.get("id"))
+        prompt = syn.validate_turn(obj.get("prompt"), "prompt")
+        if conv.busy:
+            raise syn.SynthesisError(f"conversation {conv.id} is still answering its previous turn")
+    except syn.SynthesisError as e:
+        raise _fail(str(e)) from None
+    hook = _cancel_hook(server)
+    conv.busy = True
+    try:
+        result = await _run_turn(server, conv, prompt, hook)
+    finally:
+        conv.busy = False
+        st.touch(conv)
+    return {
+        "id": conv.id,
+        "turn": result.to_json(),
+        "program": conv.program,
+        "turns": len(conv.turns),
+        "cancelled": result.stop_reason == "cancelled",
+    }
+
+
+@command("codegen.synthesis.end")
+async def end(server, args: list) -> dict:
+    """Free a conversation."""
+    obj = _object(args, "codegen.synthesis.end")
+    try:
+        conv = store(server).end(obj.get("id"))
+    except syn.SynthesisError as e:
+        raise _fail(str(e)) from None
+    await _free(server, [conv])
+    return {"id": conv.id, "ended": True, "turns": len(conv.turns), "program": conv.program}
