@@ -1,0 +1,81 @@
+-- Server state for the statusline ($/progress while the model loads) and :CodegenStatus.
+local M = {}
+
+M.progress = nil -- { title, message, percentage } while the server reports work in progress
+
+function M.on_progress(result)
+  local value = result and result.value
+  if type(value) ~= "table" then
+    return
+  end
+  if value.kind == "end" then
+    M.progress = nil
+  else
+    M.progress = {
+      title = value.title or (M.progress and M.progress.title) or "codegen",
+      message = value.message,
+      percentage = value.percentage,
+    }
+  end
+  vim.schedule(function()
+    vim.cmd("redrawstatus")
+  end)
+end
+
+--- A short string for the statusline: "codegen: loading 40%", "codegen" or "".
+function M.statusline()
+  if not require("codegen_lsp").get_client(0) then
+    return ""
+  end
+  local p = M.progress
+  if p then
+    return ("codegen: %s%s"):format(p.message or p.title, p.percentage and (" " .. p.percentage .. "%") or "")
+  end
+  return "codegen"
+end
+
+-- Flatten the status dict into "key: value" lines (nested tables as JSON).
+function M.format(status)
+  local lines = {}
+  local keys = vim.tbl_keys(status or {})
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = status[k]
+    if type(v) == "table" then
+      v = vim.json.encode(v)
+    end
+    table.insert(lines, ("%s: %s"):format(k, tostring(v)))
+  end
+  return lines
+end
+
+--- :CodegenStatus: show `codegen.status` in a message.
+function M.show()
+  require("codegen_lsp").execute("codegen.status", {}, function(err, result)
+    if err then
+      vim.notify("codegen.status failed: " .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      return
+    end
+    local sum = require("codegen_lsp").summarize(result)
+    local head = ("model: %s\ndevice: %s (%s)\nlast empty answer: %s"):format(
+      tostring(sum.model),
+      tostring(sum.device),
+      tostring(sum.dtype),
+      sum.last_empty_reason or "-"
+    )
+    vim.notify(head .. "\n" .. table.concat(M.format(result), "\n"), vim.log.levels.INFO, { title = "codegen_lsp" })
+  end)
+end
+
+--- :CodegenClearCache
+function M.clear_cache()
+  require("codegen_lsp").execute("codegen.clearCache", {}, function(err)
+    if err then
+      vim.notify("codegen.clearCache failed: " .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
+    else
+      vim.notify("codegen_lsp: cache cleared", vim.log.levels.INFO)
+    end
+  end)
+end
+
+return M
