@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
@@ -149,6 +150,8 @@ def complete(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `codegen-lsp` console script."""
+    # torch warns at import when NumPy (not a dependency of ours) is absent; nothing here needs it.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         from lsp_server.server import serve
