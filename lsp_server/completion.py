@@ -187,10 +187,15 @@ class Completer:
         )
 
         def run(should_cancel):
-            prompt, self.windows[uri] = cut_prompt(
-                before, window - max_new, lambda t: len(tok.encode(t)), self.windows.get(uri)
-            )
-            return entry.engine.session(uri).generate(prompt, params, should_cancel=should_cancel)
+            last: list = [None, None]  # the last text counted and its ids: usually the prompt itself
+
+            def count(t: str) -> int:
+                last[:] = t, tok.encode(t)
+                return len(last[1])
+
+            prompt, self.windows[uri] = cut_prompt(before, window - max_new, count, self.windows.get(uri))
+            ids = last[1] if last[0] == prompt else prompt  # encode each keystroke's prompt once
+            return entry.engine.session(uri).generate(ids, params, should_cancel=should_cancel)
 
         return run
 
