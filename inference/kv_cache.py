@@ -13,13 +13,33 @@ log = logging.getLogger(__name__)
 
 
 class KVCache:
-    """k, v: [L, B, H, S, D], allocated once; positions are written in place."""
+    """k, v: [L, B, H, S, D], allocated once; positions are written in place.
 
-    def __init__(self, n_layer, n_head, head_dim, capacity, batch=1, device="cpu", dtype=torch.float32):
-        shape = (n_layer, batch, n_head, capacity, head_dim)
+    With positions_last (the CPU layout) they are stored as [L, B, H, D, S]: a query's scores (q @ K^T)
+    and output (p @ V) then read contiguous rows, which doubles a decode step's attention bandwidth there.
+    update() returns [B, H, S, D] views either way.
+    """
+
+    def __init__(
+        self,
+        n_layer,
+        n_head,
+        head_dim,
+        capacity,
+        batch=1,
+        device="cpu",
+        dtype=torch.float32,
+        positions_last: bool | None = None,
+    ):
+        if positions_last is None:
+            positions_last = torch.device(device).type == "cpu"
+        self.positions_last = positions_last
+        dims = (head_dim, capacity) if positions_last else (capacity, head_dim)
+        shape = (n_layer, batch, n_head, *dims)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.capacity = capacity
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views
 
     @property
     def nbytes(self) -> int:
@@ -30,9 +50,14 @@ class KVCache:
         """Write k, v [B, H, T, D] at positions start..start+T-1; return views of positions 0..start+T-1."""
         end = start + k.shape[2]
         assert end <= self.capacity, f"KV cache full: {end} > {self.capacity}"
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self._layers[layer]
+        if not self.positions_last:
+            k_all[:, :, start:end] = k
+            v_all[:, :, start:end] = v
+            return k_all[:, :, :end], v_all[:, :, :end]
+        k_all[..., start:end] = k.transpose(-1, -2)
+        v_all[..., start:end] = v.transpose(-1, -2)
+        return k_all[..., :end].transpose(-1, -2), v_all[..., :end].transpose(-1, -2)
 
 
 def first_position(T: int, input_pos: Tensor | None, cache: KVCache | None, n_positions: int) -> int:

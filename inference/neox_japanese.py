@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inference.codegen import attention
 from inference.config import ModelConfig
 from inference.errors import ModelLoadError
 from inference.kv_cache import KVCache, first_position
+from inference.ops import Linear, attention
 
 
 @dataclass
@@ -108,8 +108,8 @@ class Attention(nn.Module):
         super().__init__()
         E = config.hidden_size
         self.n_head, self.head_dim, self.rotary_ndims = config.n_head, config.head_dim, config.rotary_ndims
-        self.query_key_value = nn.Linear(E, 3 * E, bias=False)
-        self.dense = nn.Linear(E, E, bias=False)
+        self.query_key_value = Linear(E, 3 * E, bias=False)
+        self.dense = Linear(E, E, bias=False)
         self.dense_bias = nn.Parameter(torch.zeros(E)) if last else None
 
     def forward(
@@ -139,8 +139,8 @@ class Layer(nn.Module):
         self.attention = Attention(config, last)
         self.mlp = nn.ModuleDict(
             {
-                "dense_h_to_4h": nn.Linear(E, inner, bias=False),
-                "dense_4h_to_h": nn.Linear(inner, E, bias=False),
+                "dense_h_to_4h": Linear(E, inner, bias=False),
+                "dense_4h_to_h": Linear(inner, E, bias=False),
             }
         )
 
@@ -164,7 +164,7 @@ class NeoXJapanese(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         # Always a parameter: the loader fills it from embed_out.weight, or from embed_in when the checkpoint
         # is tied and does not store it; prepare_for_inference() then shares the storage again.
-        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.embed_out = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.init_buffers()
 
     def init_buffers(self, device=None) -> None:

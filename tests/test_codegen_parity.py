@@ -71,11 +71,23 @@ def test_unfused_checkpoint_layout_matches(ckpt):
         assert max_diff(model(idx), ref(idx).logits) < TOL
 
 
-def test_logits_with_cache_in_chunks(ckpt):
+def test_logits_with_autograd_on(ckpt):
+    """With autograd on (training), the forward takes F.linear and the out-of-place rotary."""
+    _, ref, lm = ckpt
+    idx = ids_batch(5, 1, 20)
+    with torch.enable_grad():
+        got = lm.model(idx)
+    with torch.no_grad():
+        assert max_diff(got, ref(idx).logits) < TOL
+
+
+@pytest.mark.parametrize("positions_last", [True, False], ids=["positions-last", "positions-first"])
+def test_logits_with_cache_in_chunks(ckpt, positions_last):
+    """Chunks of 13, 1, 1 and 25 tokens: the small-query attention (mask, no mask) and SDPA on the cache."""
     _, ref, lm = ckpt
     cfg = lm.config
     idx = ids_batch(3, 2, 40)
-    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, 64, batch=2)
+    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, 64, batch=2, positions_last=positions_last)
     pieces = []
     with torch.no_grad():
         for a, b in [(0, 13), (13, 14), (14, 15), (15, 40)]:
