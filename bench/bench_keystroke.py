@@ -119,6 +119,14 @@ def gemv_kernels() -> dict:
     return kernels
 
 
+def measure_bandwidths(when: str) -> dict:
+    """Each matrix-vector kernel's (wall, CPU-time) bandwidth, printed."""
+    bws = {name: gemv_bandwidth(kernel) for name, kernel in gemv_kernels().items()}
+    for name, (b, bc) in bws.items():
+        print(f"matrix-vector bandwidth {when}, {name}: {b / 1e9:.2f} GB/s wall ({bc / 1e9:.2f} GB/s CPU)")
+    return bws
+
+
 def kv_read_bytes(config, positions: int) -> int:
     """Bytes of float32 keys and values a decode step's attention reads at `positions` cached tokens."""
     return 2 * config.n_layer * positions * config.n_embd * 4
@@ -163,16 +171,7 @@ def main() -> None:
     print(f"models built in {time.perf_counter() - t:.1f}s")
     params = GenerationParams(max_new_tokens=args.new_tokens)
     wbytes = decode_weight_bytes(loaded.model)
-    bws = {name: gemv_bandwidth(kernel) for name, kernel in gemv_kernels().items()}
-    for name, (b, bc) in bws.items():
-        print(f"matrix-vector bandwidth, {name}: {b / 1e9:.2f} GB/s wall ({bc / 1e9:.2f} GB/s by CPU time)")
-    fastest = max(bws, key=lambda name: bws[name][0])
-    bw, bw_cpu = bws[fastest]
-    floor_ms, floor_cpu = wbytes / bw * 1e3, wbytes / bw_cpu * 1e3
-    print(
-        f"decode reads {wbytes / 1e6:.0f} MB of weights per token -> floor {floor_ms:.1f} ms/token wall "
-        f"({floor_cpu:.1f} CPU) at the fastest kernel's bandwidth ({fastest})"
-    )
+    bws = measure_bandwidths("before the engine's keystrokes")
     if args.no_onednn:
         ops.USE_ONEDNN = False
         print("engine runs without oneDNN (--no-onednn)")
@@ -195,6 +194,16 @@ def main() -> None:
     print(
         f"              prefilled {statistics.mean(prefills):.1f} tokens/keystroke on average "
         f"(a cold {cold.prompt_tokens}-token prompt: {cold.total_ms:.0f} ms wall)"
+    )
+    # The VM's memory bandwidth drifts with its neighbours: measure again and keep the best (the lower floor).
+    after = measure_bandwidths("after them")
+    bws = {name: tuple(map(max, bws[name], after[name])) for name in bws}
+    fastest = max(bws, key=lambda name: bws[name][0])
+    bw, bw_cpu = bws[fastest]
+    floor_ms, floor_cpu = wbytes / bw * 1e3, wbytes / bw_cpu * 1e3
+    print(
+        f"decode reads {wbytes / 1e6:.0f} MB of weights per token -> floor {floor_ms:.1f} ms/token wall "
+        f"({floor_cpu:.1f} CPU) at the best bandwidth measured ({fastest})"
     )
     d, dc = statistics.median(dec), statistics.median(dec_cpu)
     kv_bytes = kv_read_bytes(loaded.config, cold.prompt_tokens)
