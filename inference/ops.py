@@ -10,6 +10,8 @@ from torch import Tensor, nn
 # torch's MKL path runs it on one core (and is 2-4x slower still for 2..32 rows on AMD CPUs); oneDNN's uses
 # every core. Above it, MKL's GEMM is as fast or faster (bench/bench_keystroke.py measures the gap).
 ONEDNN_MAX_ROWS = 32
+# oneDNN costs ~30 us a call more than MKL: worth it from weights of about 4 MB (float32) up.
+ONEDNN_MIN_WEIGHT = 1 << 20
 USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 # Up to this many queries, attention is two batched matrix-vector products over the cache (see KVCache's
@@ -25,6 +27,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         and x.dtype == w.dtype == torch.float32
         and not torch.is_grad_enabled()
         and x.numel() <= ONEDNN_MAX_ROWS * x.shape[-1]
+        and w.numel() >= ONEDNN_MIN_WEIGHT
     ):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     return F.linear(x, w, b)

@@ -21,8 +21,8 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_linear_takes_onednn_for_few_rows(monkeypatch, rows, bias):
     g = torch.Generator().manual_seed(rows)
-    x, w = torch.randn(1, rows, 96, generator=g), torch.randn(200, 96, generator=g)
-    b = torch.randn(200, generator=g) if bias else None
+    x, w = torch.randn(1, rows, 512, generator=g), torch.randn(ops.ONEDNN_MIN_WEIGHT // 512, 512, generator=g)
+    b = torch.randn(w.shape[0], generator=g) if bias else None
     expected = F.linear(x, w, b)
 
     def not_here(*args):
@@ -37,12 +37,13 @@ def test_linear_takes_onednn_for_few_rows(monkeypatch, rows, bias):
 
 @pytest.mark.parametrize(
     "case",
-    ["many-rows", "autograd-on", "bfloat16"],
+    ["many-rows", "small-weight", "autograd-on", "bfloat16"],
 )
 def test_linear_takes_torch_otherwise(monkeypatch, case):
     rows = ops.ONEDNN_MAX_ROWS + 1 if case == "many-rows" else 1
     dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
-    x, w = torch.randn(rows, 64, dtype=dtype), torch.randn(32, 64, dtype=dtype)
+    out = 32 if case == "small-weight" else ops.ONEDNN_MIN_WEIGHT // 64
+    x, w = torch.randn(rows, 64, dtype=dtype), torch.randn(out, 64, dtype=dtype)
     calls = []
     real = F.linear
     monkeypatch.setattr(ops.F, "linear", lambda *a: calls.append(1) or real(*a))
