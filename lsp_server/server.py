@@ -55,6 +55,8 @@ class CodegenServer(LanguageServer):
         self.worker = Worker()
         self.models = ModelManager(self, self.worker, self.settings)
         self.completer = Completer(self)
+        self.shutdown_requested = False
+        self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (LSP)
 
     @property
     def position_encoding(self) -> str:
@@ -112,6 +114,14 @@ def create_server() -> CodegenServer:
     @ls.feature(types.INITIALIZE)
     def initialize(ls: CodegenServer, params: types.InitializeParams) -> None:
         ls.apply_settings(params.initialization_options)
+
+    @ls.feature(types.SHUTDOWN)
+    def shutdown(ls: CodegenServer, params: None) -> None:
+        ls.shutdown_requested = True
+
+    @ls.feature(types.EXIT)
+    def exit_(ls: CodegenServer, params: None) -> None:
+        ls.exit_code = 0 if ls.shutdown_requested else 1  # pygls raises SystemExit and then swallows it
 
     @ls.feature(types.INITIALIZED)
     async def initialized(ls: CodegenServer, params: types.InitializedParams) -> None:
@@ -243,10 +253,12 @@ def serve(args) -> int:
             stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
             sys.stdout = sys.stderr  # a stray print() must never corrupt the protocol stream
             ls.start_io(stdin, stdout)
-    except SystemExit as e:  # the `exit` notification: 0 after `shutdown`, else 1 (LSP)
+    except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     finally:
         ls.worker.close()
+    if ls.exit_code is not None:  # the `exit` notification: 0 after `shutdown`, else 1 (LSP)
+        code = ls.exit_code
     # The protocol is over (exit, or the client went away). pygls' stdin reader thread may block on a read
     # that never returns, and a model may still be loading: leave without joining threads.
     log.info("server stopped")
