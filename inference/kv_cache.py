@@ -16,7 +16,7 @@ class KVCache:
     """k, v: [L, B, H, S, D], allocated once; positions are written in place.
 
     With positions_last (the CPU layout) they are stored as [L, B, H, D, S]: a query's scores (q @ K^T)
-    and output (p @ V) then read contiguous rows, which doubles a decode step's attention bandwidth there.
+    and output (p @ V) then read contiguous rows (1.6x the bandwidth of the [S, D] layout for one query).
     update() returns [B, H, S, D] views either way.
     """
 
