@@ -5,6 +5,7 @@ The documented trimming of one completion, in order:
    match and returns the text before it; `trim()` applies the same cut again (idempotent) and strips
    trailing whitespace.
    - the language's stop patterns (`stopPatterns[language]`, else the built-in list, else `*`);
+   - a decoding loop: a line repeated three times in a row ends the completion before its first copy;
    - `line` mode: the end of the first non-blank line; `sentence` mode: the first sentence end
      (`。．！？` at once, `.!?` when followed by white space); `block` mode (code only): the scope limit, a
      line that dedents below the indentation of the cursor's line; `free`: nothing more.
@@ -33,6 +34,7 @@ DEFAULT_STOP_PATTERNS: dict[str, list[str]] = {
 }
 PROSE = frozenset({"markdown", "plaintext", "restructuredtext"})
 LINE_END = r"(?<=\S)[ \t]*\r?\n"
+REPEATED_LINE = r"^(?=(?=[^\n]*\S)([^\n]*\n)\1\1)"  # at the first of three identical non-blank lines
 SENTENCE_END = r"(?<=[。．！？])|(?<=[.!?])(?=\s)"
 WORD_CHAR = re.compile(r"\w")
 
@@ -65,7 +67,7 @@ def patterns_for(
     language: str, mode: str, line_prefix: str, overrides: Mapping[str, Sequence[str]] | None = None
 ) -> list[str]:
     """Every stop regex of one completion request (language + mode + scope)."""
-    pats = language_patterns(language, overrides)
+    pats = language_patterns(language, overrides) + [REPEATED_LINE]
     if mode == "line":
         pats.append(LINE_END)
     elif mode == "sentence":

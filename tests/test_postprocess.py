@@ -141,3 +141,29 @@ def test_trim_is_idempotent_and_strips_trailing_space():
     pats = pp.patterns_for("python", "block", "    ")
     once = pp.trim("return x   \n    \nfoo\n", pats)
     assert once == "return x" and pp.trim(once, pats) == once
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a = 1\nn = n\nn = n\nn = n\nn = n", "a = 1"),
+        ("x)\n    y += 1\n    y += 1\n    y += 1\n", "x)"),
+        ("n = n\nn = n\nn = n\n", ""),
+        ("a = 1\nn = n\nn = n\nb = 2", "a = 1\nn = n\nn = n\nb = 2"),
+        ("a = 1\nn = n\nn = n\nn = n", "a = 1\nn = n\nn = n\nn = n"),
+        ("a()\n\n\n", "a()"),
+        ("x\n    n\n  n\nn\n", "x\n    n\n  n\nn"),
+    ],
+    ids=[
+        "loop",
+        "indented-loop",
+        "loop-from-start",
+        "twice-is-fine",
+        "third-unfinished",
+        "blank",
+        "indents-differ",
+    ],
+)
+def test_a_decoding_loop_ends_the_completion(text, expected):
+    assert trim(text, mode="free") == expected
+    assert trim(text, language="markdown", mode="free") == expected.split("\n\n")[0]
