@@ -74,6 +74,44 @@ class Session:
         with self._lock:
             return self._generate(prompt, params, should_cancel)
 
+    def prefill(
+        self, prompt: list[int], should_cancel: Callable[[], bool] | None = None, chunk: int = PREFILL_CHUNK
+    ) -> int:
+        """Put `prompt`'s K/V in the cache ahead of a request (no logits, no generation): tokens computed.
+
+        Stops between chunks when `should_cancel()` turns true; what was computed stays reusable.
+        """
+        if self._lock is None:
+            return self._prefill_only(prompt, should_cancel, chunk)
+        with self._lock:
+            return self._prefill_only(prompt, should_cancel, chunk)
+
+    @torch.inference_mode()
+    def _prefill_only(self, prompt: list[int], should_cancel, chunk: int) -> int:
+        self.last_used = time.monotonic()
+        cache, fresh = self.pool.acquire(self.key)
+        if fresh:
+            self.ids = []
+        ids = list(prompt)[-cache.capacity :]
+        reuse = common_prefix(self.ids, ids)
+        self._run_prefill(cache, ids, reuse, should_cancel, chunk)
+        return len(self.ids) - reuse
+
+    def _run_prefill(self, cache, ids: list[int], start: int, should_cancel, chunk: int):
+        """Forward ids[start:] in chunks, growing self.ids: the last logits [V], or None if cancelled."""
+        self.ids = ids[:start]
+        positions = torch.arange(cache.capacity, device=self.loaded.device)
+        logits = None
+        while start < len(ids):
+            if should_cancel is not None and should_cancel():
+                return None
+            end = min(start + chunk, len(ids))
+            x = torch.tensor([ids[start:end]], dtype=torch.long, device=self.loaded.device)
+            logits = self.loaded.model(x, positions[start:end], cache, last_only=True)[0, -1]
+            self.ids = ids[:end]
+            start = end
+        return logits
+
     @torch.inference_mode()
     def _generate(self, prompt, params: GenerationParams, should_cancel) -> GenerationResult:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -99,19 +137,9 @@ class Session:
             bos = self.loaded.config.bos_token_id
             ids = [bos if bos is not None else tok.eos_token_id]
         reuse = min(common_prefix(self.ids, ids), len(ids) - 1)
-        self.ids = ids[:reuse]
-        device = self.loaded.device
-        positions = torch.arange(cache.capacity, device=device)
-        logits = None
-        start = reuse
-        while start < len(ids):
-            if should_cancel is not None and should_cancel():
-                return self._result("", [], "cancelled", ids, reuse, t0, t0, truncated, 0)
-            end = min(start + PREFILL_CHUNK, len(ids))
-            chunk = torch.tensor([ids[start:end]], dtype=torch.long, device=device)
-            logits = model(chunk, positions[start:end], cache, last_only=True)[0, -1]
-            self.ids = ids[:end]
-            start = end
+        logits = self._run_prefill(cache, ids, reuse, should_cancel, PREFILL_CHUNK)
+        if logits is None:
+            return self._result("", [], "cancelled", ids, reuse, t0, t0, truncated, 0)
         t1, c1 = time.perf_counter(), time.process_time()
         text, gen, fed, reason, steps = decode_loop(
             model, cache, logits, len(ids), params, tok, self.loaded.config.eos_token_id, should_cancel

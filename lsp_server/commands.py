@@ -50,6 +50,8 @@ async def status(server, args: list) -> dict:
             "requests": comp.requests,
             "modelCalls": comp.model_calls,
             "typedThroughHits": comp.typed_through_hits,
+            "prefillsOnOpen": comp.prefills,
+            "lastPrefillOnOpen": comp.last_prefill,
             "emptyReasons": dict(comp.empty),
             "lastReason": comp.last_reason.get(uri) if uri else dict(comp.last_reason),
         },

@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 # the same keystroke do not cancel each other (they run one after the other on the one worker).
 KINDS = ("inline", "list")
 
+# The worker key of prefill-on-open jobs: one at a time (the newest document wins), and any completion
+# request stops a running one at its next chunk (what it computed stays in the document's cache).
+PREFILL_KEY = ("__prefill_on_open__",)
+PREFILL_CHUNK = 128  # tokens per forward of a prefill-on-open job: how long a request may wait for it
+
 # Why an answer is empty (shown by codegen.status).
 SUPERSEDED = "superseded"  # a newer request for the same document replaced it
 CANCELLED = "cancelled"  # the client sent $/cancelRequest
@@ -64,6 +69,8 @@ class Stats:
     empty: collections.Counter = field(default_factory=collections.Counter)
     last_reason: dict[str, str | None] = field(default_factory=dict)  # uri -> reason of its last answer
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
+    prefills: int = 0  # prefill-on-open jobs that ran to the end
+    last_prefill: dict = field(default_factory=dict)
 
     def latencies(self) -> dict:
         if not self.recent:
@@ -81,6 +88,7 @@ class Completer:
         self.windows: dict[str, PromptWindow] = {}
         self.suggestions: dict[str, Suggestion] = {}
         self.stats = Stats()
+        self.prefilling: str | None = None  # the document of the latest prefill-on-open job
 
     def forget(self, uri: str | None = None) -> None:
         """Drop per-document state (one document, or all)."""
@@ -120,7 +128,7 @@ class Completer:
             before = text[:start] + lead
             line_suffix = text[max(end, offset) : eol]
         # The model sees "\n" line breaks; the inserted text gets the document's own (CRLF stays CRLF).
-        newline = "\r\n" if "\r\n" in text[: text.find("\n") + 1 or len(text)] else "\n"
+        newline = newline_of(text)
         if newline != "\n":
             before = before.replace("\r\n", "\n")
         if automatic and postprocess.mid_word(line_suffix):
@@ -151,6 +159,7 @@ class Completer:
         patterns = postprocess.patterns_for(doc.language_id, mode, line_prefix, settings.stop_patterns)
         generate = self.generator(uri, entry, before, patterns)
         self.stats.model_calls += 1
+        self.server.worker.supersede(PREFILL_KEY)  # a request goes before any prefill-on-open
         try:
             delay = settings.debounce_ms / 1000 if automatic else 0.0  # an explicit request is not debounced
             result = await self.server.worker.submit(job_key, generate, delay_s=delay)
@@ -178,26 +187,71 @@ class Completer:
         from inference.engine import GenerationParams
 
         s = self.server.settings
-        n_positions = entry.loaded.config.n_positions
-        window = min(s.context_window or n_positions, n_positions)
-        max_new = max(1, min(s.max_new_tokens, window // 2))
-        tok = entry.loaded.tokenizer
+        window, max_new = self.budget(entry)
         params = GenerationParams(
             max_new_tokens=max_new, temperature=s.temperature, top_p=s.top_p, stop_patterns=patterns
         )
 
         def run(should_cancel):
-            last: list = [None, None]  # the last text counted and its ids: usually the prompt itself
-
-            def count(t: str) -> int:
-                last[:] = t, tok.encode(t)
-                return len(last[1])
-
-            prompt, self.windows[uri] = cut_prompt(before, window - max_new, count, self.windows.get(uri))
-            ids = last[1] if last[0] == prompt else prompt  # encode each keystroke's prompt once
+            ids = self.prompt_ids(uri, entry, before, window - max_new)
             return entry.engine.session(uri).generate(ids, params, should_cancel=should_cancel)
 
         return run
+
+    def budget(self, entry) -> tuple[int, int]:
+        """(context window, new tokens) of one request to this model under the current settings."""
+        s = self.server.settings
+        n_positions = entry.loaded.config.n_positions
+        window = min(s.context_window or n_positions, n_positions)
+        return window, max(1, min(s.max_new_tokens, window // 2))
+
+    def prompt_ids(self, uri: str, entry, before: str, limit: int) -> list[int] | str:
+        """The prompt cut from `before` (keeping the document's window start), as ids when already encoded."""
+        tok = entry.loaded.tokenizer
+        last: list = [None, None]  # the last text counted and its ids: usually the prompt itself
+
+        def count(t: str) -> int:
+            last[:] = t, tok.encode(t)
+            return len(last[1])
+
+        prompt, self.windows[uri] = cut_prompt(before, limit, count, self.windows.get(uri))
+        return last[1] if last[0] == prompt else prompt  # encode each keystroke's prompt once
+
+    async def prefill_on_open(self, doc: Document) -> None:
+        """Prefill a just-opened document (as if the cursor were at its end) with the model already serving
+        its language, so that the first completion there reuses the cache instead of a cold prefill."""
+        entry = await self.server.models.ready_for(doc.language_id)
+        text = doc.text
+        if entry is None or not text.strip() or self.server.documents.find(doc.uri) is not doc:
+            return
+        uri, before = doc.uri, text.replace("\r\n", "\n") if newline_of(text) != "\n" else text
+        window, max_new = self.budget(entry)
+
+        def run(should_cancel) -> dict:
+            t0 = time.perf_counter()
+            ids = self.prompt_ids(uri, entry, before, window - max_new)
+            if isinstance(ids, str):
+                ids = entry.loaded.tokenizer.encode(ids)
+            done = entry.engine.session(uri).prefill(ids, should_cancel, chunk=PREFILL_CHUNK)
+            ms = round((time.perf_counter() - t0) * 1000, 2)
+            return {"uri": uri, "promptTokens": len(ids), "prefillTokens": done, "ms": ms}
+
+        self.prefilling = uri
+        try:
+            info = await self.server.worker.submit(PREFILL_KEY, run)
+        except (Superseded, asyncio.CancelledError):
+            return
+        except Exception:
+            log.exception("prefill on open failed for %s", uri)
+            return
+        self.stats.prefills += 1
+        self.stats.last_prefill = info
+        log.debug("prefilled %s on open: %s", uri, info)
+
+    def stop_prefill(self, uri: str) -> None:
+        """Stop the prefill-on-open of `uri` (the document was closed)."""
+        if self.prefilling == uri:
+            self.server.worker.supersede(PREFILL_KEY)
 
     def typed_through(self, uri: str, before: str) -> str | None:
         """The rest of the last suggestion when the text typed since then is its start."""
@@ -245,3 +299,8 @@ class Completer:
         if result.stop_reason == "stop_pattern" and not result.text.strip():
             return STOP_AT_ONCE
         return BLANK
+
+
+def newline_of(text: str) -> str:
+    """The document's line break: CRLF when its first line ends with one, else LF."""
+    return "\r\n" if "\r\n" in text[: text.find("\n") + 1 or len(text)] else "\n"

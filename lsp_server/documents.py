@@ -122,6 +122,10 @@ class Documents:
             raise DocumentError(f"unknown document {uri!r}: it was never opened (send textDocument/didOpen)")
         return doc
 
+    def find(self, uri: str) -> Document | None:
+        """The open document, or None."""
+        return self._docs.get(uri)
+
     def __contains__(self, uri: str) -> bool:
         return uri in self._docs
 

@@ -117,6 +117,20 @@ class ModelManager:
             entry = next((e for e in self.entries.values() if e.stands_in_for == key[0]), None)
         return entry
 
+    async def ready_for(self, language: str) -> ModelEntry | None:
+        """The entry serving `language` once its load (if one is under way) ends; never starts a load."""
+        entry = self.loaded_for(language)
+        if entry is not None:
+            return entry
+        loading = self._loading.get(self.key_for(self.settings.model_for(language)))
+        if loading is None:
+            return None
+        try:
+            await asyncio.shield(loading)
+        except Exception:  # the load failed: whoever asked for it reports that
+            return None
+        return self.loaded_for(language)
+
     async def get(self, language: str) -> ModelEntry:
         """The model for `language`, loading it (or the built-in stand-in) on first use."""
         name = self.settings.model_for(language)

@@ -56,6 +56,7 @@ class CodegenServer(LanguageServer):
         self.models = ModelManager(self, self.worker, self.settings)
         self.completer = Completer(self)
         self.shutdown_requested = False
+        self.background: set[asyncio.Task] = set()  # prefill-on-open tasks (kept referenced until done)
         self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (LSP)
 
     @property
@@ -146,7 +147,11 @@ def create_server() -> CodegenServer:
     @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: CodegenServer, params: types.DidOpenTextDocumentParams) -> None:
         d = params.text_document
-        ls.documents.open(d.uri, d.language_id, d.version, d.text)
+        doc = ls.documents.open(d.uri, d.language_id, d.version, d.text)
+        if ls.settings.prefill_on_open:
+            task = asyncio.ensure_future(ls.completer.prefill_on_open(doc))
+            ls.background.add(task)
+            task.add_done_callback(ls.background.discard)
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: CodegenServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -164,6 +169,7 @@ def create_server() -> CodegenServer:
         uri = params.text_document.uri
         ls.documents.close(uri)
         ls.completer.forget(uri)
+        ls.completer.stop_prefill(uri)
         for kind in KINDS:
             ls.worker.supersede((uri, kind))
         for entry in ls.models.entries.values():

@@ -37,6 +37,7 @@ class Settings:
     top_p: float = 1.0
     context_window: int = 0
     debounce_ms: int = 0
+    prefill_on_open: bool = True
     completion_mode: dict[str, str] = field(default_factory=default_modes)
     stop_patterns: dict[str, list[str]] = field(default_factory=dict)
     language_models: dict[str, str] = field(default_factory=dict)
@@ -85,6 +86,12 @@ def _float(lo: float, hi: float, lo_open: bool = False):
         return float(v)
 
     return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
 
 
 def _choice(choices: tuple[str, ...] | None = None, pattern: re.Pattern | None = None):
@@ -149,6 +156,7 @@ VALIDATORS = {
     "top_p": _float(0.0, 1.0, lo_open=True),
     "context_window": _int(0, 1 << 20),
     "debounce_ms": _int(0, 5000),
+    "prefill_on_open": _bool,
     "completion_mode": _modes,
     "stop_patterns": _patterns,
     "language_models": _models,

@@ -268,3 +268,30 @@ def test_out_of_range_token_ids_are_rejected(lm):
     with pytest.raises(ValueError, match="token ids must be in"):
         engine.generate("a", [1, 2, lm.config.vocab_size], GenerationParams(max_new_tokens=2))
     assert engine.generate("a", [1, 2, 3], GenerationParams(max_new_tokens=2)).prompt_tokens == 3
+
+
+def test_prefill_ahead_of_a_request(lm):
+    """Prefill-only puts a prompt's K/V in the cache; the request then prefills one token, same answer."""
+    engine = Engine(lm)
+    params = GenerationParams(max_new_tokens=10)
+    ids = lm.tokenizer.encode(BASE)
+    assert engine.session("doc").prefill(ids, chunk=7) == len(ids)
+    assert engine.session("doc").prefill(ids) == 0  # already there
+    r = engine.generate("doc", ids, params)
+    assert r.reused_tokens == len(ids) - 1 and r.prefill_tokens == 1
+    assert r.token_ids == fresh(lm, ids, params).token_ids
+
+
+def test_cancelled_prefill_keeps_what_it_computed(lm):
+    engine = Engine(lm)
+    ids = lm.tokenizer.encode(BASE)
+    calls = []
+
+    def cancel_after_two_chunks():
+        calls.append(1)
+        return len(calls) > 2
+
+    assert engine.session("doc").prefill(ids, cancel_after_two_chunks, chunk=5) == 10
+    r = engine.generate("doc", ids, GenerationParams(max_new_tokens=6))
+    assert r.reused_tokens == 10
+    assert r.token_ids == fresh(lm, ids, GenerationParams(max_new_tokens=6)).token_ids

@@ -82,3 +82,10 @@ def test_language_models_and_camel_dict():
     assert s.model_for("markdown") == "/models/ja" and s.model_for("python") == s.model
     d = as_camel_dict(s)
     assert d["languageModels"] == {"markdown": "/models/ja"} and "maxNewTokens" in d
+
+
+def test_prefill_on_open_takes_a_boolean_only():
+    s, errors = update(Settings(), {"prefillOnOpen": "yes"})
+    assert s.prefill_on_open is True and errors and "prefillOnOpen" in errors[0]
+    s, errors = update(s, {"prefillOnOpen": False})
+    assert s.prefill_on_open is False and not errors
