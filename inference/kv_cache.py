@@ -109,6 +109,10 @@ class CachePool:
         """Keys from least to most recently used."""
         return list(self._caches)
 
+    def has_room_for(self, key: Hashable) -> bool:
+        """Whether `key` has a cache, or one more fits without evicting another session's."""
+        return key in self._caches or self.nbytes + self._cache_nbytes <= self.budget_bytes
+
     def acquire(self, key: Hashable) -> tuple[KVCache, bool]:
         """The cache for `key` (marked most recently used) and whether it is fresh (holds nothing valid)."""
         if key in self._caches:

@@ -227,7 +227,9 @@ class Completer:
         uri, before = doc.uri, text.replace("\r\n", "\n") if newline_of(text) != "\n" else text
         window, max_new = self.budget(entry)
 
-        def run(should_cancel) -> dict:
+        def run(should_cancel) -> dict | None:
+            if not entry.engine.pool.has_room_for(uri):
+                return None  # never evict the cache of a document being edited for one just opened
             t0 = time.perf_counter()
             ids = self.prompt_ids(uri, entry, before, window - max_new)
             if isinstance(ids, str):
@@ -243,6 +245,9 @@ class Completer:
             return
         except Exception:
             log.exception("prefill on open failed for %s", uri)
+            return
+        if info is None:
+            log.debug("no prefill on open for %s: the KV-cache budget is in use", uri)
             return
         self.stats.prefills += 1
         self.stats.last_prefill = info

@@ -114,6 +114,15 @@ def test_cache_pool_keeps_one_cache_even_over_budget():
     assert pool.acquire("b") == (c1, False)
 
 
+def test_cache_pool_room_without_eviction():
+    pool = CachePool(512, factory=lambda: KVCache(1, 1, 4, 8), cache_nbytes=256)
+    assert pool.has_room_for("a")
+    pool.acquire("a")
+    assert pool.has_room_for("a") and pool.has_room_for("b")
+    pool.acquire("b")
+    assert pool.has_room_for("a") and not pool.has_room_for("c")
+
+
 def test_drop_session_and_clear_cache(lm):
     engine = Engine(lm)
     params = GenerationParams(max_new_tokens=2)

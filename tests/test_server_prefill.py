@@ -70,3 +70,19 @@ async def test_an_empty_document_is_not_prefilled(start_server, codegen_checkpoi
     st = await status(client)
     assert st["completions"]["prefillsOnOpen"] == 1
     assert st["completions"]["lastPrefillOnOpen"]["uri"] == "file:///first.py"
+
+
+async def test_prefill_never_evicts_another_documents_cache(start_server, codegen_checkpoint):
+    """1 MiB holds four caches of the tiny model (256 KiB each): the fifth document is not prefilled."""
+    client = await start_server(
+        {"model": str(codegen_checkpoint), "maxNewTokens": MAX_NEW, "cacheBudgetMb": 1}
+    )
+    for i in range(4):
+        open_doc(client, f"file:///doc{i}.py", f"x{i} = {i}\n")
+        await wait_for_prefills(client, i + 1)
+    open_doc(client, "file:///doc4.py", "x4 = 4\n")
+    await asyncio.sleep(1.0)
+    st = await status(client)
+    assert st["completions"]["prefillsOnOpen"] == 4
+    (model,) = st["models"]
+    assert model["engine"]["cached_sessions"] == 4 and model["engine"]["evictions"] == 0
