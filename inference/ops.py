@@ -50,8 +50,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v)
     if start == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device))
 
 
 def small_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -62,6 +61,10 @@ def small_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     kt = k.transpose(-1, -2).reshape(B * H, D, S)  # a view for the positions-last cache
     scores = torch.baddbmm(q3.new_empty(B * H, T, S), q3, kt, beta=0.0, alpha=D**-0.5).float()
     if T > 1:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
     return torch.bmm(scores.softmax(dim=-1).to(v.dtype), v3).view(B, H, T, D)  # y: [B, H, T, D]
+
+
+def causal_mask(T: int, S: int, device) -> Tensor:
+    """[T, S] bool, True where the query at position S - T + t may see position s (s <= S - T + t)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
