@@ -1,6 +1,6 @@
 """The kernels a CPU decode step is made of, in isolation: what bandwidth each gets on this machine.
 
-Three measurements, float32, best of several passes over more data than any cache holds:
+Four measurements, float32, best of several passes over more data than any cache holds:
   1. a plain read (`torch.sum`): the memory bandwidth any kernel could hope for;
   2. `x @ W^T` for 1..32 rows x over the 350M shape's fused [7168, 1024] weights, by oneDNN and by torch's
      default (MKL): weight bytes per second, and each row count's cost against one row (what a prefill of
@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_keystroke import gemv_kernels  # noqa: E402 (this folder: the same kernels as the floor's)
+
 from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
 from inference.kv_cache import KVCache  # noqa: E402
@@ -52,20 +54,12 @@ def read_bandwidth(nbytes: int = 1 << 29) -> float:
     return nbytes / best_seconds(lambda: x.sum())
 
 
-def linear_kernels() -> dict:
-    """Name -> kernel(x, w) for torch's default linear and, where built in, oneDNN's."""
-    kernels = {"F.linear (MKL)": F.linear}
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        kernels["oneDNN"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    return kernels
-
-
 def linear_bandwidths(mats: int = 10) -> dict[str, dict[int, float]]:
     """Kernel name -> {rows: weight bytes/s} for x [rows, 1024] @ W^T over `mats` [7168, 1024] weights."""
     ws = [torch.randn(7168, 1024) for _ in range(mats)]
     nbytes = sum(w.nbytes for w in ws)
     out = {}
-    for name, kernel in linear_kernels().items():
+    for name, kernel in gemv_kernels().items():
         out[name] = {}
         for rows in ROWS:
             x = torch.randn(rows, 1024)
@@ -141,7 +135,7 @@ def main() -> None:
         print("x [rows, 1024] @ W^T, ten [7168, 1024] float32 weights: weight GB/s (time vs 1 row)")
         for name, by_rows in linear_bandwidths().items():
             cells = "  ".join(f"{r}: {bw / 1e9:5.1f} ({by_rows[1] / bw:.2f}x)" for r, bw in by_rows.items())
-            print(f"  {name:15s} {cells}")
+            print(f"  {name:14s} {cells}")
         print(f"one query's attention, {L} layers x {H} heads x {D} dims: KV GB/s")
         for name, bw in attention_bandwidths(args.positions).items():
             print(f"  {name}: {bw / 1e9:.1f}")
