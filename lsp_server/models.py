@@ -141,7 +141,7 @@ class ModelManager:
             if name == BUILTIN:
                 raise
             try:
-                entry = await self._get(self.key_for(BUILTIN))
+                entry = await self._get(self.key_for(BUILTIN), stands_in_for=name)
             except ModelUnavailable as e2:
                 raise ModelUnavailable(f"{e}; the built-in model failed too: {e2}") from None
             if name not in self._told:
@@ -156,20 +156,20 @@ class ModelManager:
         entry.last_used = time.monotonic()
         return entry
 
-    async def _get(self, key) -> ModelEntry:
+    async def _get(self, key, stands_in_for: str | None = None) -> ModelEntry:
         if key in self.entries:
             return self.entries[key]
         if key in self.failures:
             raise ModelUnavailable(self.failures[key])
         if key not in self._loading:
-            self._loading[key] = asyncio.ensure_future(self._load(key))
+            self._loading[key] = asyncio.ensure_future(self._load(key, stands_in_for))
         try:
             return await asyncio.shield(self._loading[key])
         finally:
             if self._loading.get(key) is not None and self._loading[key].done():
                 self._loading.pop(key, None)
 
-    async def _load(self, key) -> ModelEntry:
+    async def _load(self, key, stands_in_for: str | None = None) -> ModelEntry:
         from inference.engine import Engine
         from inference.loader import load_model
 
@@ -196,10 +196,11 @@ class ModelManager:
             self.failures[key] = message
             progress.end("failed")
             raise ModelUnavailable(message) from None
+        entry.stands_in_for = stands_in_for
+        self.entries[key] = entry  # before the progress ends: a client then asking for the status sees it
+        self._enforce_budget(keep=key)
         progress.end(f"loaded in {entry.load_s:.1f} s")
         log.info("loaded %s on %s (%s) in %.2f s", name, device, dtype, entry.load_s)
-        self.entries[key] = entry
-        self._enforce_budget(keep=key)
         return entry
 
     def _enforce_budget(self, keep) -> None:

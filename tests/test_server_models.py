@@ -94,6 +94,18 @@ async def test_failed_model_falls_back_to_builtin_and_says_so_once(loads):
     assert loads == ["bad-path", "builtin"]  # the failure is remembered, not retried per keystroke
 
 
+async def test_status_at_the_end_of_a_load_shows_the_model_and_what_it_stands_in_for(loads, monkeypatch):
+    # Editors refresh their status when a load's progress ends: by then the status must be complete.
+    import lsp_server.models
+
+    m, _ = manager(model="bad-path")
+    seen = []
+    monkeypatch.setattr(lsp_server.models.Progress, "end", lambda self, message="": seen.append(m.status()))
+    await m.get("python")
+    assert seen[0] == []  # the configured model failed
+    assert [(s["name"], s["standsInFor"]) for s in seen[1]] == [("builtin", "bad-path")]
+
+
 async def test_no_model_at_all_is_a_clear_error(loads):
     loads.append("no-builtin")
     m, _ = manager(model="bad-one")

@@ -342,3 +342,24 @@ def test_checkhealth(nvim_bin, tmp_path, opts):
     assert "Python:" in report and "torch" in report
     assert "codegen-tiny" in report  # the model from the settings
     assert "device: cpu" in report
+
+
+def test_checkhealth_names_the_model_the_builtin_stands_in_for(nvim_bin, tmp_path, opts):
+    opts["model"] = str(tmp_path / "no-model")  # a directory with no model in it
+    (tmp_path / "no-model").mkdir()
+    body = """
+    local buf, client = H.open(DIR .. "/stand_in.py", { "x = 1" })
+    H.type("A")
+    H.out.item = H.inline_sync(client, buf)  -- the first request loads the model: the built-in one stands in
+    vim.cmd("checkhealth codegen_lsp")
+    H.wait_for("the health report", function()
+      return table.concat(H.lines(0), "\\n"):find("device:", 1, true)
+    end, 60000)
+    H.out.report = H.lines(0)
+    """
+    out = run_nvim(nvim_bin, tmp_path, body, opts)
+    report = "\n".join(out["report"])
+    line = next(ln for ln in out["report"] if "model: " in ln and "Budget" not in ln)
+    assert "WARNING" in line and "model: builtin, standing in:" in line, report
+    assert "no-model" in line and "has no config.json" in line, report
+    assert "OK device: cpu" in report, report

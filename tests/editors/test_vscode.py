@@ -219,7 +219,8 @@ def server_log(cs: dict) -> str:
 
 def test_ghost_text_in_code_server(tools, code_server, editor_checkpoint, server_cmd, artifacts):
     """Type in a Python file in VS Code: the ghost text is the server's inline completion; a changed
-    maxNewTokens reaches the server; Tab accepts."""
+    maxNewTokens reaches the server; Tab accepts; synthesis inserts the program; a model that cannot be
+    loaded is named in the status bar with the built-in model standing in."""
     cfg = {
         "playwright": tools["CODEGEN_LSP_PLAYWRIGHT"],
         "chromium": tools["CODEGEN_LSP_CHROMIUM"],
@@ -237,7 +238,11 @@ def test_ghost_text_in_code_server(tools, code_server, editor_checkpoint, server
         "synthLinesBefore": SYNTH.count("\n") + 1,
         "synthCharsBefore": len(SYNTH),
         "screenshotSynth": str(artifacts / "vscode-synthesize.png"),
+        "badModel": str(code_server["base"] / "no-model"),
+        "type3": "  # more",
+        "screenshotFallback": str(artifacts / "vscode-fallback-model.png"),
     }
+    (code_server["base"] / "no-model").mkdir(exist_ok=True)
     cfg_file = code_server["base"] / "e2e.json"
     cfg_file.write_text(json.dumps(cfg))
     proc = subprocess.run(
@@ -288,3 +293,7 @@ def test_ghost_text_in_code_server(tools, code_server, editor_checkpoint, server
     shown = out["synthLines"]
     assert len(shown) >= min(len(expected), 20), (shown, expected)
     assert shown == expected[: len(shown)]
+    # A model directory with nothing in it: the built-in model stands in, and the user is told where.
+    assert out["fallbackStatus"] == "CodeGen: builtin (cpu) instead of no-model", out["fallbackStatus"]
+    warned = [t for t in out["notifications"] if "no-model" in t and "built-in model instead" in t]
+    assert warned, out["notifications"]

@@ -57,6 +57,48 @@ async function statusBarText(page) {
   );
 }
 
+// Set a setting in the Settings editor as a user does; returns settings.json once it holds the value.
+async function changeSetting(page, key, itemClass, hasText, value) {
+  await sleep(300);
+  await page.keyboard.press("F1");
+  await page.waitForSelector(".quick-input-widget input", { state: "visible", timeout: 30000 });
+  await page.keyboard.type("Preferences: Open User Settings", { delay: 10 });
+  const cmd = page
+    .locator(".quick-input-list .monaco-list-row", { hasText: /Preferences: Open User Settings(?! \(JSON\))/ })
+    .first();
+  await cmd.waitFor({ state: "visible", timeout: 30000 });
+  await cmd.click();
+  await page.waitForSelector(".settings-editor", { timeout: 30000 });
+  await sleep(1000);
+  await page.keyboard.press("Control+A"); // the search box keeps the last query
+  await page.keyboard.type(key, { delay: 10 });
+  const input = page.locator(`.settings-editor ${itemClass}`, { hasText }).locator("input").first();
+  await input.waitFor({ state: "visible", timeout: 30000 });
+  await input.click();
+  await page.keyboard.press("Control+A");
+  await page.keyboard.type(String(value), { delay: 20 });
+  await page.keyboard.press("Tab");
+  // VS Code rewrites settings.json: read it once it parses and holds the new value (or time out).
+  const readSettings = () => {
+    try {
+      const text = readFileSync(cfg.settingsFile, "utf8");
+      return JSON.parse(text)[key] === value ? text : null;
+    } catch {
+      return null;
+    }
+  };
+  return waitFor(`settings.json to hold the new ${key}`, async () => readSettings(), 20000);
+}
+
+async function closeSettings(page) {
+  await page.keyboard.press("Control+W");
+  await sleep(800);
+  if (await page.$(".monaco-modal-editor-block")) {
+    await page.keyboard.press("Escape");
+    await sleep(500);
+  }
+}
+
 let browser;
 try {
   browser = await chromium.launch({
@@ -116,43 +158,16 @@ try {
     // A user changes codegenLsp.maxNewTokens in the Settings editor: the extension must pass it on
     // (workspace/didChangeConfiguration) and the next suggestion must obey it.
     await page.keyboard.press("Escape");
-    await sleep(300);
-    await page.keyboard.press("F1");
-    await page.waitForSelector(".quick-input-widget input", { state: "visible", timeout: 30000 });
-    await page.keyboard.type("Preferences: Open User Settings", { delay: 10 });
-    const cmd = page.locator(".quick-input-list .monaco-list-row", { hasText: /Open User Settings$/ }).first();
-    await cmd.waitFor({ state: "visible", timeout: 30000 });
-    await cmd.click();
-    await page.waitForSelector(".settings-editor", { timeout: 30000 });
-    await sleep(1000);
-    await page.keyboard.type("codegenLsp.maxNewTokens", { delay: 10 });
-    const input = page
-      .locator(".settings-editor .setting-item-number", { hasText: "Max New Tokens" })
-      .locator("input")
-      .first();
-    await input.waitFor({ state: "visible", timeout: 30000 });
-    await input.click();
-    await page.keyboard.press("Control+A");
-    await page.keyboard.type(String(cfg.newMaxTokens), { delay: 50 });
-    await page.keyboard.press("Tab");
-    // VS Code rewrites settings.json: read it once it parses and holds the new value (or time out).
-    const readSettings = () => {
-      try {
-        const text = readFileSync(cfg.settingsFile, "utf8");
-        return JSON.parse(text)["codegenLsp.maxNewTokens"] === cfg.newMaxTokens ? text : null;
-      } catch {
-        return null;
-      }
-    };
-    out.settingsJson = await waitFor("settings.json to hold the new value", async () => readSettings(), 20000);
+    out.settingsJson = await changeSetting(
+      page,
+      "codegenLsp.maxNewTokens",
+      ".setting-item-number",
+      "Max New Tokens",
+      cfg.newMaxTokens,
+    );
     log("settings changed in the Settings editor");
     if (cfg.screenshotSettings) await page.screenshot({ path: cfg.screenshotSettings });
-    await page.keyboard.press("Control+W"); // close the Settings editor
-    await sleep(800);
-    if (await page.$(".monaco-modal-editor-block")) {
-      await page.keyboard.press("Escape");
-      await sleep(500);
-    }
+    await closeSettings(page);
     await page.locator(".tab", { hasText: cfg.file }).first().click();
     await sleep(500);
     await page.click(".editor-instance .monaco-editor .view-lines");
@@ -201,6 +216,36 @@ try {
     out.synthLines = await editorLines(page);
     log(`synthesized: ${out.synthLines.length} lines shown`);
     if (cfg.screenshotSynth) await page.screenshot({ path: cfg.screenshotSynth });
+  }
+  if (cfg.badModel) {
+    // The user points codegenLsp.model at a directory that holds no model: the server warns and serves the
+    // built-in model in its place, and the status bar names the stand-in.
+    await page.keyboard.press("Escape");
+    await changeSetting(page, "codegenLsp.model", ".setting-item", "a local checkpoint directory", cfg.badModel);
+    log("settings changed: codegenLsp.model -> a directory with no model");
+    await closeSettings(page);
+    await page.locator(".tab", { hasText: cfg.file }).first().click();
+    await sleep(500);
+    await page.click(".editor-instance .monaco-editor .view-lines");
+    await page.keyboard.press(`${mod}+End`);
+    await page.keyboard.type(cfg.type3, { delay: 60 }); // a request: the server loads the model now set
+    // Once the request is answered, the item names the stand-in with a warning icon (not the busy spinner).
+    out.fallbackStatus = await waitFor(
+      "the status bar to name the stand-in",
+      async () =>
+        page.evaluate(() => {
+          const item = [...document.querySelectorAll(".statusbar-item")].find((e) =>
+            (e.textContent ?? "").includes(" instead of "),
+          );
+          return item && item.querySelector(".codicon-warning") ? item.textContent.trim() : null;
+        }),
+      120000,
+    );
+    log(`status bar: ${out.fallbackStatus.match(/CodeGen:[^|]*/)?.[0]}`);
+    out.notifications = await page.evaluate(() =>
+      [...document.querySelectorAll(".notifications-toasts .notification-list-item")].map((e) => e.textContent ?? ""),
+    );
+    if (cfg.screenshotFallback) await page.screenshot({ path: cfg.screenshotFallback });
   }
   out.ok = true;
 } catch (e) {

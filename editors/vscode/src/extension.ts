@@ -13,12 +13,15 @@ import {
 import { SECTION, serverCommand, serverSettings } from "./settings";
 import { Status, formatStatus, summarize, turnsFromLines } from "./status";
 
-type StatusKind = "starting" | "loading" | "ready" | "busy" | "error" | "stopped";
+// fallback: ready, but with the built-in model standing in for the configured one, which failed to load.
+type StatusKind = "starting" | "loading" | "ready" | "fallback" | "busy" | "error" | "stopped";
 
 let client: LanguageClient | undefined;
 let statusItem: vscode.StatusBarItem;
 let output: vscode.LogOutputChannel;
 let readyText = "CodeGen";
+let readyKind: "ready" | "fallback" = "ready";
+let readyDetail: string | undefined;
 let inFlight = 0;
 
 function setStatus(kind: StatusKind, detail?: string): void {
@@ -26,6 +29,7 @@ function setStatus(kind: StatusKind, detail?: string): void {
     starting: "$(loading~spin)",
     loading: "$(loading~spin)",
     ready: "$(sparkle)",
+    fallback: "$(warning)",
     busy: "$(sync~spin)",
     error: "$(error)",
     stopped: "$(circle-slash)",
@@ -34,13 +38,16 @@ function setStatus(kind: StatusKind, detail?: string): void {
     starting: "CodeGen: starting",
     loading: `CodeGen: ${detail ?? "loading"}`,
     ready: readyText,
+    fallback: readyText,
     busy: readyText,
     error: "CodeGen: error",
     stopped: "CodeGen: stopped",
   };
   statusItem.text = `${icons[kind]} ${text[kind]}`;
   statusItem.tooltip = `CodeGen LSP (${kind})${detail ? ": " + detail : ""}. Click for the server status.`;
-  statusItem.backgroundColor = kind === "error" ? new vscode.ThemeColor("statusBarItem.errorBackground") : undefined;
+  const background = { error: "statusBarItem.errorBackground", fallback: "statusBarItem.warningBackground" };
+  const color = background[kind as keyof typeof background];
+  statusItem.backgroundColor = color ? new vscode.ThemeColor(color) : undefined;
 }
 
 async function executeServerCommand(command: string, args: unknown[] = []): Promise<unknown> {
@@ -59,8 +66,16 @@ async function refreshReady(): Promise<void> {
       setStatus("error", failures.map(([m, why]) => `${m}: ${why}`).join("; "));
       return;
     }
-    readyText = `CodeGen: ${String(s.model).split(/[\\/]/).pop()} (${s.device})${s.loaded ? "" : " (not loaded)"}`;
-    setStatus(inFlight > 0 ? "busy" : "ready");
+    const base = (m: string) => m.split(/[\\/]/).pop();
+    readyText = `CodeGen: ${base(String(s.model))} (${s.device})${s.loaded ? "" : " (not loaded)"}`;
+    readyKind = s.standsInFor ? "fallback" : "ready";
+    readyDetail = undefined;
+    if (s.standsInFor) {
+      readyText += ` instead of ${base(s.standsInFor)}`;
+      const why = failures.filter(([m]) => m === s.standsInFor).map(([, w]) => w);
+      readyDetail = `the built-in model stands in for ${s.standsInFor}${why.length ? ": " + why.join("; ") : ""}`;
+    }
+    setStatus(inFlight > 0 ? "busy" : readyKind, readyDetail);
   } catch (e) {
     setStatus("error", String(e));
   }
@@ -173,7 +188,7 @@ function createClient(): LanguageClient {
         } finally {
           inFlight--;
           if (inFlight === 0 && statusItem.text.includes("$(sync~spin)")) {
-            setStatus("ready");
+            setStatus(readyKind, readyDetail);
           }
         }
       },

@@ -2,7 +2,7 @@
 
 export type Status = {
   settings?: Record<string, unknown>;
-  models?: { name?: string; device?: string; dtype?: string }[];
+  models?: { name?: string; device?: string; dtype?: string; standsInFor?: string | null }[];
   completions?: { lastReason?: Record<string, string | null> | string | null };
   [key: string]: unknown;
 };
@@ -13,6 +13,7 @@ export function summarize(status: Status, activeUri?: string): {
   device: string;
   dtype: string;
   loaded: boolean;
+  standsInFor?: string;
   lastEmpty?: string;
 } {
   const settings = status.settings ?? {};
@@ -34,6 +35,7 @@ export function summarize(status: Status, activeUri?: string): {
     device: String(loaded?.device ?? settings.device ?? "?"),
     dtype: String(loaded?.dtype ?? settings.dtype ?? "?"),
     loaded: loaded !== undefined,
+    standsInFor: loaded?.standsInFor ?? undefined,
     lastEmpty,
   };
 }

@@ -68,7 +68,12 @@ function M.check()
   end
   local sum = init.summarize(status)
   local report = sum.loaded and health.ok or health.warn
-  report(("model: %s%s"):format(tostring(sum.model), sum.loaded and "" or " (not loaded yet)"))
+  if sum.stands_in_for then -- the configured model failed to load: the built-in one serves instead
+    local why = sum.stand_in_reason or ("could not load " .. sum.stands_in_for)
+    health.warn(("model: %s, standing in: %s"):format(tostring(sum.model), why))
+  else
+    report(("model: %s%s"):format(tostring(sum.model), sum.loaded and "" or " (not loaded yet)"))
+  end
   report(("device: %s (%s)"):format(tostring(sum.device), tostring(sum.dtype)))
   if sum.last_empty_reason then
     health.info("last empty answer: " .. sum.last_empty_reason)

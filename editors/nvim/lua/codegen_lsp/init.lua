@@ -226,7 +226,8 @@ function M.execute(command, arguments, handler, bufnr)
   return M.request(client, "workspace/executeCommand", { command = command, arguments = arguments }, handler, bufnr)
 end
 
---- The headline of a `codegen.status` answer: model, device, dtype, and the last empty reason.
+--- The headline of a `codegen.status` answer: model (and what it stands in for), device, dtype, and the last
+--- empty reason.
 function M.summarize(status)
   status = status or {}
   local settings = status.settings or {}
@@ -244,11 +245,15 @@ function M.summarize(status)
   elseif reason == vim.NIL then
     reason = nil
   end
+  local stands_in_for = loaded.standsInFor ~= vim.NIL and loaded.standsInFor or nil
+  local failure = stands_in_for and (status.modelFailures or {})[stands_in_for] or nil
   return {
     model = loaded.name or settings.model,
     device = loaded.device or settings.device,
     dtype = loaded.dtype or settings.dtype,
     loaded = loaded.name ~= nil,
+    stands_in_for = stands_in_for, -- the configured model the built-in one replaces, which failed to load
+    stand_in_reason = failure,
     last_empty_reason = reason,
   }
 end

@@ -57,8 +57,9 @@ function M.show()
       return
     end
     local sum = require("codegen_lsp").summarize(result)
-    local head = ("model: %s\ndevice: %s (%s)\nlast empty answer: %s"):format(
+    local head = ("model: %s%s\ndevice: %s (%s)\nlast empty answer: %s"):format(
       tostring(sum.model),
+      sum.stands_in_for and (" (instead of " .. sum.stands_in_for .. ")") or "",
       tostring(sum.device),
       tostring(sum.dtype),
       sum.last_empty_reason or "-"
