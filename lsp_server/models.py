@@ -98,6 +98,8 @@ class ModelManager:
             stand_in = entry.stands_in_for is not None and self.key_for(entry.stands_in_for) in wanted
             if key not in wanted and not stand_in:
                 self.unload(key)
+            elif key in wanted:  # chosen now: it serves its own name (a failing model marks it again)
+                entry.stands_in_for = None
 
     def unload(self, key) -> None:
         entry = self.entries.pop(key, None)

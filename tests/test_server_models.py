@@ -120,3 +120,13 @@ async def test_settings_change_unloads_unused_models_and_retries_failures(loads)
     settings, _ = update(m.settings, {"languageModels": {}})
     m.update_settings(settings)
     assert [k[0] for k in m.entries] == ["a"]
+
+
+async def test_a_stand_in_chosen_in_the_settings_no_longer_stands_in(loads):
+    m, _ = manager(model="bad-path")
+    await m.get("python")
+    settings, _ = update(m.settings, {"model": "builtin"})
+    m.update_settings(settings)
+    entry = await m.get("python")
+    assert loads == ["bad-path", "builtin"] and entry.stands_in_for is None
+    assert [s["standsInFor"] for s in m.status()] == [None]
