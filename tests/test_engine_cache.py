@@ -84,7 +84,10 @@ def test_cached_logits_equal_from_scratch(lm):
         model(a, torch.arange(a.shape[1]), cache)
         got = model(b[:, n:], torch.arange(n, b.shape[1]), cache)
         want = model(b)[:, n:]
-    assert (got - want).abs().max() < 1e-5
+    # Two float32 evaluations of the same model that differ only in summation order (cached attention over
+    # n positions vs one causal pass): the situation of the parity tests against transformers, so their
+    # bound (1e-4, fixed by the issues for these logits) applies.
+    assert (got - want).abs().max() < 1e-4
 
 
 def test_lru_eviction_under_a_byte_budget(lm):

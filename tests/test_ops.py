@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,8 +14,23 @@ from inference.kv_cache import KVCache
 ONEDNN = pytest.mark.skipif(not ops.USE_ONEDNN, reason="this torch build has no oneDNN")
 
 
-def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
+U32 = 2.0**-24  # unit roundoff of float32
+
+
+def gamma(n: int) -> float:
+    """Higham's gamma_n = n*u / (1 - n*u): a float32 sum of n products, in any order, is off by at most
+    gamma_n * (the same sum of absolute values)."""
+    return n * U32 / (1 - n * U32)
+
+
+def linear_bound(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """How far two float32 evaluations of x @ w.T + b (each in its own order) can be apart, elementwise.
+
+    Each sums K products plus the bias (K + 1 terms) and is within gamma_{K+1} * (|x| @ |w|.T + |b|) of the
+    exact value (float64 below), so the two are within twice that of each other.
+    """
+    mag = x.double().abs() @ w.double().abs().T + (b.double().abs() if b is not None else 0)
+    return 2 * gamma(w.shape[1] + 1) * mag
 
 
 @ONEDNN
@@ -32,7 +49,7 @@ def test_linear_takes_onednn_for_few_rows(monkeypatch, rows, bias):
     with torch.inference_mode():
         got = ops.linear(x, w, b)
     assert got.shape == expected.shape
-    assert rel_diff(got, expected) < 1e-6
+    assert ((got.double() - expected.double()).abs() <= linear_bound(x, w, b)).all()
 
 
 @pytest.mark.parametrize(
@@ -59,6 +76,22 @@ def reference_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), attn_mask=mask)
 
 
+def attention_bound(q, k, v) -> float:
+    """How far two float32 evaluations of softmax(q k^T / sqrt(D)) v (in their own orders) can be apart.
+
+    Scores: D products each, so each evaluation is within E = gamma_D * max|q|.|k| / sqrt(D) of exact
+    (a power-of-two scale is exact; sqrt(D) for D = 16 is one). Shifting score s by d_s scales p_s by
+    exp(d_s - mean): |dp_s| <= p_s * (exp(2E) - 1) from the scores, plus exp, the sum of S terms and the
+    division: gamma_{S + 3} * p_s. The output sums S terms p_s v_s: another gamma_S * max|v|. Both
+    evaluations are off by at most that, so twice it, times max|v| (sum of p_s is 1).
+    """
+    D, S = q.shape[-1], k.shape[2]
+    dots = (q.double().abs() @ k.double().abs().transpose(-1, -2)).max().item()
+    e = gamma(D) * dots / D**0.5
+    per_eval = (math.exp(2 * e) - 1) + gamma(S + 3) + gamma(S)
+    return 2 * per_eval * v.abs().max().item()
+
+
 @pytest.mark.parametrize("positions_last", [True, False], ids=["positions-last", "positions-first"])
 @pytest.mark.parametrize("T", [1, 3, ops.SMALL_ATTENTION_MAX_T, ops.SMALL_ATTENTION_MAX_T + 1], ids=str)
 def test_attention_over_the_cache_matches_sdpa(positions_last, T):
@@ -74,4 +107,5 @@ def test_attention_over_the_cache_matches_sdpa(positions_last, T):
     )
     with torch.inference_mode():
         got = ops.attention(q, k, v, S - T)
-    assert rel_diff(got, reference_attention(q, k, v)) < 1e-5
+    want = reference_attention(q, k, v)
+    assert ((got.double() - want.double()).abs() <= attention_bound(q, k, v)).all()
