@@ -73,6 +73,7 @@ class Block(nn.Module):
         self.b_out = nn.Parameter(self.fc_out.bias.detach(), requires_grad=False)
         del self.qkv_proj, self.out_proj, self.fc_in, self.fc_out
         self.fused = True
+        self.int8_weights = (("w_in", "b_in"), ("w_out", "b_out"))  # quantized after fusing, per fused row
 
     def _project_in(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """a: [B, T, E] -> qk [B, T, 2H, D] (queries, keys; before rotary), v [B, T, H, D], MLP [B, T, I]."""

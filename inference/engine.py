@@ -83,7 +83,7 @@ class Engine:
                 "path": str(lm.path),
                 "family": lm.family,
                 "device": str(lm.device),
-                "dtype": str(lm.dtype).removeprefix("torch."),
+                "dtype": lm.precision,
                 "context_window": self.capacity,
                 "sessions": len(self.sessions),
                 "cached_sessions": len(self.pool),

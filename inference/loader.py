@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inference import hub, registry
+from inference import hub, quant, registry
 from inference.config import ModelConfig, read_config_json
 from inference.errors import ModelLoadError
 from inference.weights import WeightSource, open_weights
@@ -43,18 +43,31 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Tokenizer
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # activations and KV cache
     notice: str | None = None  # one-line message to show once (e.g. fell back to the built-in model)
+    weights: str = ""  # "int8" when the linear weights are quantized, else the same as dtype
+
+    @property
+    def precision(self) -> str:
+        """What the weights are held in: 'int8', 'float32', 'bfloat16', 'float16'."""
+        return self.weights or str(self.dtype).removeprefix("torch.")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' (and short forms) -> torch.dtype."""
+    """'float32' | 'bfloat16' | 'float16' (and short forms) -> torch.dtype; 'int8' -> float32 activations."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if is_int8(dtype):
+        return torch.float32
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ModelLoadError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16") from None
+        raise ModelLoadError(f"unsupported dtype {dtype!r}; use float32, bfloat16, float16 or int8") from None
+
+
+def is_int8(dtype: str | torch.dtype) -> bool:
+    """Whether `dtype` asks for int8 weights (float32 activations)."""
+    return isinstance(dtype, str) and dtype.lower() == "int8"
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -84,11 +97,13 @@ def load_model(
     config_dict = read_config_json(path)
     fam = registry.family_for(config_dict)
     config = fam.config_class().from_dict(config_dict)
+    if is_int8(dtype):
+        quant.check_int8(dev, fam.family)
     try:
         tokenizer = load_tokenizer(path)
     except TokenizerError as exc:
         raise ModelLoadError(str(exc)) from exc
-    report(f"loading {resolved.name} ({fam.family}, {config.n_layer} layers) from {path} to {dev} {dt}")
+    report(f"loading {resolved.name} ({fam.family}, {config.n_layer} layers) from {path} to {dev} {dtype}")
     with torch.device("meta"):
         model = fam.model_class()(config)
     source = open_weights(path)
@@ -100,6 +115,9 @@ def load_model(
         model.init_buffers(dev)
     if hasattr(model, "prepare_for_inference"):
         model.prepare_for_inference()
+    if is_int8(dtype):
+        nbytes = quant.quantize_model(model)
+        report(f"quantized {resolved.name}'s linear weights to int8 ({nbytes / 2**20:.0f} MiB)")
     model.eval().requires_grad_(False)
     report(f"loaded {resolved.name} in {time.perf_counter() - t0:.1f}s")
     return LoadedModel(
@@ -112,6 +130,7 @@ def load_model(
         device=dev,
         dtype=dt,
         notice=resolved.message,
+        weights="int8" if is_int8(dtype) else "",
     )
 
 

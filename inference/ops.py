@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inference.quant import Int8Weight
+
 # Below this many rows (tokens), a float32 CPU matmul is a matrix-vector product bound by memory bandwidth.
 # torch's MKL path runs it on one core (and is 2-4x slower still for 2..32 rows on AMD CPUs); oneDNN's uses
 # every core. Above it, MKL's GEMM is as fast or faster (bench/bench_keystroke.py measures the gap).
@@ -19,8 +21,11 @@ USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, 
 SMALL_ATTENTION_MAX_T = 16
 
 
-def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """x: [..., in] @ w.T [in, out] + b -> [..., out], F.linear's arithmetic."""
+def linear(x: Tensor, w: Tensor | Int8Weight, b: Tensor | None = None) -> Tensor:
+    """x: [..., in] @ w.T [in, out] + b -> [..., out], F.linear's arithmetic (int8: fbgemm, bias inside)."""
+    if isinstance(w, Int8Weight):
+        assert b is None, "an Int8Weight holds its bias"
+        return w(x)
     if (
         USE_ONEDNN
         and x.device.type == "cpu"
@@ -35,6 +40,8 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state_dict names) computed by `linear`."""
+
+    int8_weights = (("weight", "bias"),)  # what quant.quantize_model replaces
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)

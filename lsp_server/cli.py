@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    c.add_argument("--dtype", default="float32", help="float32, bfloat16, float16")
+    c.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, int8 (CPU)")
     c.add_argument(
         "--raw", action="store_true", help="print the generated text without stop-pattern trimming"
     )

@@ -66,8 +66,12 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def _weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-        b.numel() * b.element_size() for b in model.buffers()
+    from inference.quant import int8_bytes
+
+    return (
+        sum(p.numel() * p.element_size() for p in model.parameters())
+        + sum(b.numel() * b.element_size() for b in model.buffers())
+        + int8_bytes(model)
     )
 
 

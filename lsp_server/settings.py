@@ -16,7 +16,7 @@ from typing import Any
 MODES = ("line", "block", "free", "sentence")
 PROSE_LANGUAGES = ("markdown", "plaintext", "restructuredtext")
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 LOG_LEVELS = ("error", "warning", "info", "debug")
 
 

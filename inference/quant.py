@@ -1,0 +1,152 @@
+"""int8 weights on CPU: symmetric per-output-channel quantization at load time, products through fbgemm.
+
+Kernel choice (bench/bench_kernels.py measures them; see docs/PERFORMANCE.md): torch 2.13's fbgemm
+dynamic-quantized linear (int8 weights prepacked once, activations quantized per call to uint8 per tensor,
+int32 accumulation) beats float32 oneDNN for 1 row (memory: a quarter of the bytes) and for 1,000 rows
+(integer dot products). `aten._weight_int8pack_mm` (weight-only) is slower than float32 on both kinds of
+CPU measured, and bfloat16 only gains with AMX, so neither is used. fbgemm needs x86 with AVX2; without
+VNNI its AVX2 kernel sums pairs of uint8 x int8 products in int16, which can saturate, so activations then
+use 7 bits (reduce_range), as torch does by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from inference.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+QMAX = 127  # symmetric int8: q in [-127, 127], w ~ q * scale
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags /proc/cpuinfo lists (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_kernel() -> str | None:
+    """'fbgemm' where this CPU and torch build can run int8 products, else None."""
+    capable = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return "fbgemm" if capable and "fbgemm" in torch.backends.quantized.supported_engines else None
+
+
+def reduce_range() -> bool:
+    """7-bit activations unless the CPU has VNNI (int32 accumulation of uint8 x int8, no saturation)."""
+    return not ({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def check_int8(device: torch.device, family: str) -> None:
+    """Raise a ModelLoadError saying what can run when int8 cannot run here."""
+    if device.type != "cpu":
+        raise ModelLoadError(
+            f"dtype int8 runs on CPU only; on {device.type} use float16 or bfloat16 (or --device cpu)"
+        )
+    if int8_kernel() is None:
+        raise ModelLoadError(
+            f"dtype int8 needs an x86 CPU with AVX2 and torch's fbgemm (this CPU: "
+            f"{torch.backends.cpu.get_cpu_capability()}); use float32 or bfloat16"
+        )
+    if family not in QUANTIZABLE:
+        raise ModelLoadError(f"dtype int8 is not available for {family}; it is for {', '.join(QUANTIZABLE)}")
+
+
+def quantize_per_channel(w: Tensor) -> tuple[Tensor, Tensor]:
+    """w: [out, in] float -> (q [out, in] int8, scale [out] float32) with |w - q * scale| <= scale / 2."""
+    assert w.dim() == 2
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row
+    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
+@contextlib.contextmanager
+def _engine(name: str):
+    prev = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = prev
+
+
+class Int8Weight:
+    """A linear layer's int8 weight, per-channel scales and float bias, prepacked: y = x @ (q*s).T + b."""
+
+    def __init__(self, w: Tensor, b: Tensor | None = None):
+        q, scale = quantize_per_channel(w)
+        self.out_features, self.in_features = q.shape
+        self.scale = scale
+        self.reduce_range = reduce_range()
+        zero = torch.zeros(q.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated; prepack needs one
+            warnings.simplefilter("ignore", UserWarning)
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+        with _engine("fbgemm"):
+            bias = None if b is None else b.detach().float().contiguous()
+            self.packed = torch.ops.quantized.linear_prepack(qw, bias)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a product reads: int8 weights + float32 scales (+ bias)."""
+        return self.out_features * (self.in_features + 8)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x: [..., in] float32 -> [..., out] float32."""
+        assert x.dtype == torch.float32 and x.shape[-1] == self.in_features
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), self.packed, self.reduce_range)
+
+    def __repr__(self) -> str:
+        return f"Int8Weight(out={self.out_features}, in={self.in_features})"
+
+
+def quantize_module_weight(module: nn.Module, weight: str, bias: str | None) -> None:
+    """Replace module.<weight> (and fold module.<bias> in) by an Int8Weight; the float tensors are dropped."""
+    w = module._parameters.pop(weight)
+    b = module._parameters.pop(bias) if bias and bias in module._parameters else None
+    setattr(module, weight, Int8Weight(w.detach(), None if b is None else b.detach()))
+    if bias:
+        setattr(module, bias, None)
+
+
+def quantize_model(model: nn.Module) -> int:
+    """Quantize every linear weight of a prepared (fused) model in place; returns the int8 bytes."""
+    for module in list(model.modules()):
+        for weight, bias in getattr(module, "int8_weights", ()):
+            quantize_module_weight(module, weight, bias)
+    total = int8_bytes(model)
+    assert total, f"{type(model).__name__} names no weights to quantize (int8_weights)"
+    return total
+
+
+QUANTIZABLE = ("codegen", "gpt_neox_japanese")
+
+
+def int8_weights(model: nn.Module) -> dict[str, Int8Weight]:
+    """Every Int8Weight of a quantized model by its dotted name (e.g. 'h.0.w_in', 'lm_head.weight')."""
+    out = {}
+    for name, module in model.named_modules():
+        for weight, _ in getattr(module, "int8_weights", ()):
+            w = getattr(module, weight, None)
+            if isinstance(w, Int8Weight):
+                out[f"{name}.{weight}" if name else weight] = w
+    return out
+
+
+def int8_bytes(model: nn.Module) -> int:
+    """Bytes of the int8 weights and their scales and biases (not in model.parameters())."""
+    return sum(w.nbytes for w in int8_weights(model).values())
