@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_patterns: Sequence[str] = ()  # regexes (re.MULTILINE) searched in the generated text
+    max_latency_ms: float = 0.0  # 0 = none; once spent (prefill + decode), stop at the next line end
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -30,6 +32,8 @@ class GenerationParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.max_latency_ms >= 0:
+            raise ValueError(f"max_latency_ms must be >= 0, got {self.max_latency_ms}")
         for p in self.stop_patterns:
             try:
                 re.compile(p, re.MULTILINE)
@@ -43,7 +47,7 @@ class GenerationResult:
 
     text: str
     token_ids: list[int]
-    stop_reason: str  # "eos" | "stop_pattern" | "max_tokens" | "cancelled" | "context_full"
+    stop_reason: str  # "eos" | "stop_pattern" | "max_tokens" | "cancelled" | "context_full" | "time_budget"
     prompt_tokens: int = 0
     reused_tokens: int = 0
     prefill_tokens: int = 0
@@ -61,6 +65,14 @@ def first_match(text: str, patterns: Sequence[re.Pattern]) -> int:
     return min(starts) if starts else -1
 
 
+def line_end_after(text: str, since: int) -> int:
+    """End of the first non-blank line of text that ends at or after `since`, or -1."""
+    nl = text.find("\n", since)
+    while nl >= 0 and not text[:nl].strip():
+        nl = text.find("\n", nl + 1)  # a blank first line is not worth showing
+    return nl
+
+
 def decode_loop(
     model,
     cache: KVCache,
@@ -70,8 +82,13 @@ def decode_loop(
     tokenizer,
     eos_token_id: int | None,
     should_cancel: Callable[[], bool] | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[str, list[int], list[int], str, int]:
-    """From the prefill's last logits [V], `pos` = next free slot: text, ids, fed ids, reason, steps."""
+    """From the prefill's last logits [V], `pos` = next free slot: text, ids, fed ids, reason, steps.
+
+    After `deadline` (a `clock()` reading), the text ends at the next line end (reason "time_budget").
+    """
     patterns = [re.compile(p, re.MULTILINE) for p in params.stop_patterns]
     generator = None
     if params.temperature > 0:
@@ -81,7 +98,7 @@ def decode_loop(
     idx = torch.empty(1, 1, dtype=torch.long, device=logits.device)  # reused every step
     positions = torch.arange(cache.capacity, device=logits.device)
     text, ids, fed, steps = "", [], [], 0
-    reason = "max_tokens"
+    reason, spent_at = "max_tokens", None  # spent_at: len(text) when the time budget ran out
     while True:
         if should_cancel is not None and should_cancel():
             reason = "cancelled"
@@ -97,6 +114,12 @@ def decode_loop(
             cut = first_match(text, patterns)
             if cut >= 0:
                 text, reason = text[:cut], "stop_pattern"
+                break
+            if spent_at is None and deadline is not None and clock() >= deadline:
+                spent_at = len(text) - len(piece)
+            end = line_end_after(text, spent_at) if spent_at is not None else -1
+            if end >= 0:
+                text, reason = text[:end], "time_budget"
                 break
         if len(ids) >= params.max_new_tokens:
             break

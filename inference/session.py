@@ -141,8 +141,17 @@ class Session:
         if logits is None:
             return self._result("", [], "cancelled", ids, reuse, t0, t0, truncated, 0)
         t1, c1 = time.perf_counter(), time.process_time()
+        deadline = t0 + params.max_latency_ms / 1e3 if params.max_latency_ms > 0 else None
         text, gen, fed, reason, steps = decode_loop(
-            model, cache, logits, len(ids), params, tok, self.loaded.config.eos_token_id, should_cancel
+            model,
+            cache,
+            logits,
+            len(ids),
+            params,
+            tok,
+            self.loaded.config.eos_token_id,
+            should_cancel,
+            deadline,
         )
         self.ids = ids + fed
         result = self._result(text, gen, reason, ids, reuse, t0, t1, truncated, steps)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
+    c.add_argument(
+        "--max-latency-ms", type=float, default=0, help="past it, stop at the next line end (0 = none)"
+    )
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     c.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, int8 (CPU)")
     c.add_argument(
@@ -125,6 +128,7 @@ def complete(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
             stop_patterns=stops,
+            max_latency_ms=args.max_latency_ms,
         )
         loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     except (CliError, ModelLoadError, ValueError) as exc:

@@ -189,7 +189,11 @@ class Completer:
         s = self.server.settings
         window, max_new = self.budget(entry)
         params = GenerationParams(
-            max_new_tokens=max_new, temperature=s.temperature, top_p=s.top_p, stop_patterns=patterns
+            max_new_tokens=max_new,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            stop_patterns=patterns,
+            max_latency_ms=s.max_latency_ms,
         )
 
         def run(should_cancel):

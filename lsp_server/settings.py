@@ -37,6 +37,7 @@ class Settings:
     top_p: float = 1.0
     context_window: int = 0
     debounce_ms: int = 0
+    max_latency_ms: int = 1000  # 0 = none; past it a completion ends at its next line end (time_budget)
     prefill_on_open: bool = True
     completion_mode: dict[str, str] = field(default_factory=default_modes)
     stop_patterns: dict[str, list[str]] = field(default_factory=dict)
@@ -156,6 +157,7 @@ VALIDATORS = {
     "top_p": _float(0.0, 1.0, lo_open=True),
     "context_window": _int(0, 1 << 20),
     "debounce_ms": _int(0, 5000),
+    "max_latency_ms": _int(0, 600_000),
     "prefill_on_open": _bool,
     "completion_mode": _modes,
     "stop_patterns": _patterns,

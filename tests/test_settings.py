@@ -39,7 +39,7 @@ def test_update_accepts_flat_and_sectioned():
         ({"temperature": -1}, "temperature"),
         ({"topP": 0}, "top_p"),
         ({"device": "gpu"}, "device"),
-        ({"dtype": "int8"}, "dtype"),
+        ({"dtype": "int4"}, "dtype"),
         ({"completionMode": "paragraph"}, "completion_mode"),
         ({"stopPatterns": {"python": ["("]}}, "stop_patterns"),
         ({"stopPatterns": ["x"]}, "stop_patterns"),
