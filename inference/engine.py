@@ -84,6 +84,7 @@ class Engine:
                 "family": lm.family,
                 "device": str(lm.device),
                 "dtype": lm.precision,
+                "dtype_reason": lm.why,
                 "context_window": self.capacity,
                 "sessions": len(self.sessions),
                 "cached_sessions": len(self.pool),

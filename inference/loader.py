@@ -15,6 +15,7 @@ from torch import nn
 from inference import hub, quant, registry
 from inference.config import ModelConfig, read_config_json
 from inference.errors import ModelLoadError
+from inference.precision import auto_precision
 from inference.weights import WeightSource, open_weights
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
@@ -46,6 +47,7 @@ class LoadedModel:
     dtype: torch.dtype  # activations and KV cache
     notice: str | None = None  # one-line message to show once (e.g. fell back to the built-in model)
     weights: str = ""  # "int8" when the linear weights are quantized, else the same as dtype
+    why: str = ""  # why this precision, when dtype was 'auto'
 
     @property
     def precision(self) -> str:
@@ -54,7 +56,7 @@ class LoadedModel:
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' (and short forms) -> torch.dtype; 'int8' -> float32 activations."""
+    """'float32' | 'bfloat16' | 'float16' (short forms too) -> torch.dtype; 'int8': float32 activations."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if is_int8(dtype):
@@ -62,7 +64,9 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ModelLoadError(f"unsupported dtype {dtype!r}; use float32, bfloat16, float16 or int8") from None
+        raise ModelLoadError(
+            f"unsupported dtype {dtype!r}; use auto, float32, bfloat16, float16 or int8"
+        ) from None
 
 
 def is_int8(dtype: str | torch.dtype) -> bool:
@@ -90,13 +94,19 @@ def load_model(
 ) -> LoadedModel:
     """Resolve and load a model; every failure is a ModelLoadError that says what to do."""
     report = progress or (lambda msg: log.info("%s", msg))
-    dev, dt = parse_device(device), parse_dtype(dtype)
+    auto = isinstance(dtype, str) and dtype.lower() == "auto"
+    dev, dt = parse_device(device), parse_dtype("float32" if auto else dtype)
     t0 = time.perf_counter()
     resolved = hub.resolve(name_or_path, allow_fallback=allow_fallback)
     path = resolved.path
     config_dict = read_config_json(path)
     fam = registry.family_for(config_dict)
     config = fam.config_class().from_dict(config_dict)
+    why = ""
+    if auto:
+        dtype, why = auto_precision(dev, fam.family)
+        dt = parse_dtype(dtype)
+        report(f"dtype auto: {dtype} ({why})")
     if is_int8(dtype):
         quant.check_int8(dev, fam.family)
     try:
@@ -131,6 +141,7 @@ def load_model(
         dtype=dt,
         notice=resolved.message,
         weights="int8" if is_int8(dtype) else "",
+        why=why,
     )
 
 

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-latency-ms", type=float, default=0, help="past it, stop at the next line end (0 = none)"
     )
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    c.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, int8 (CPU)")
+    c.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (default: int8 or float32 on CPU), float32, bfloat16, float16, int8",
+    )
     c.add_argument(
         "--raw", action="store_true", help="print the generated text without stop-pattern trimming"
     )
@@ -136,6 +140,8 @@ def complete(args: argparse.Namespace) -> int:
         return 2
     if loaded.notice:
         print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
+    if loaded.why:
+        print(f"codegen-lsp: running in {loaded.precision}: {loaded.why}", file=sys.stderr)
     result = Engine(loaded, max_context=None).generate("cli", prompt, params)
     out = result.text if args.raw else trim(result.text, stops)
     log.info(

@@ -55,8 +55,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """`auto` -> float32 on CPU, bfloat16 (or float16) on a GPU."""
-    if dtype != "auto":
+    """`auto` -> bfloat16 (or float16) on a GPU; on CPU the loader decides (int8 or float32, by family)."""
+    if dtype != "auto" or device == "cpu":
         return dtype
     if device.startswith("cuda"):
         import torch
@@ -229,7 +229,8 @@ class ModelManager:
                     "path": str(getattr(e.loaded, "path", "")),
                     "family": getattr(e.loaded, "family", ""),
                     "device": e.device,
-                    "dtype": e.dtype,
+                    "dtype": getattr(e.loaded, "precision", e.dtype),
+                    "dtypeReason": getattr(e.loaded, "why", ""),
                     "weightMb": round(e.weight_bytes / 2**20, 1),
                     "loadSeconds": round(e.load_s, 3),
                     "standsInFor": e.stands_in_for,

@@ -27,11 +27,11 @@ def codegen_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def codegen_engine(codegen_checkpoint):
-    """An Engine on `codegen_checkpoint` in the test process (float32, CPU): the reference answers."""
+    """An Engine on `codegen_checkpoint` in the test process (CPU, the server's default dtype 'auto')."""
     from inference.engine import Engine
     from inference.loader import load_model
 
-    return Engine(load_model(str(codegen_checkpoint), device="cpu", dtype="float32", allow_fallback=False))
+    return Engine(load_model(str(codegen_checkpoint), device="cpu", dtype="auto", allow_fallback=False))
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def expected(ckpt, prompt, raw=False, n=24):
     """The engine's greedy text, trimmed as the server trims Python (block mode)."""
     line_prefix = prompt[prompt.rfind("\n") + 1 :]
     stops = () if raw else postprocess.patterns_for("python", "block", line_prefix)
-    r = Engine(load_model(str(ckpt))).generate(
+    r = Engine(load_model(str(ckpt), dtype="auto")).generate(  # the CLI's default dtype
         "x", prompt, GenerationParams(max_new_tokens=n, stop_patterns=stops)
     )
     return r.text if raw else postprocess.trim(r.text, stops)

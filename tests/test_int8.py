@@ -193,3 +193,48 @@ async def test_server_completes_with_int8_and_status_says_so(start_server, codeg
     )
     (model,) = (await status(client))["models"]
     assert model["dtype"] == "int8" and model["engine"]["dtype"] == "int8"
+
+
+@pytest.mark.parametrize(
+    "kernel, reduce, family, want, why",
+    [
+        ("fbgemm", False, "codegen", "int8", "VNNI: int8 weights"),
+        ("fbgemm", False, "gpt_neox_japanese", "float32", "not checked for gpt_neox_japanese"),
+        ("fbgemm", True, "codegen", "float32", "no VNNI: int8 would quantize activations to 7 bits"),
+        (None, False, "codegen", "float32", "no int8 kernel"),
+    ],
+    ids=["vnni-codegen", "vnni-neox-ja", "avx2-only", "no-kernel"],
+)
+def test_auto_precision_on_cpu(monkeypatch, kernel, reduce, family, want, why):
+    from inference.precision import auto_precision
+
+    monkeypatch.setattr(quant, "int8_kernel", lambda: kernel)
+    monkeypatch.setattr(quant, "reduce_range", lambda: reduce)
+    got, reason = auto_precision(torch.device("cpu"), family)
+    assert got == want and why in reason
+
+
+def test_cli_says_which_precision_runs_and_why(codegen_checkpoint, tmp_path, capsys):
+    from inference.precision import auto_precision
+    from lsp_server.cli import main
+
+    src = tmp_path / "code.py"
+    src.write_text("def add(a, b):\n    ", encoding="utf-8")
+    assert (
+        main(["complete", "--model", str(codegen_checkpoint), "--file", str(src), "--max-new-tokens", "2"])
+        == 0
+    )
+    precision, why = auto_precision(torch.device("cpu"), "codegen")
+    assert f"codegen-lsp: running in {precision}: {why}" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_server_status_says_which_precision_auto_chose(start_server, codegen_checkpoint):
+    from inference.precision import auto_precision
+    from tests.conftest import inline, open_doc, status
+
+    client = await start_server({"model": str(codegen_checkpoint), "device": "cpu", "maxNewTokens": 2})
+    open_doc(client, "file:///a.py", "x = ")
+    await inline(client, "file:///a.py", 0, 4, automatic=False)
+    (model,) = (await status(client))["models"]
+    assert (model["dtype"], model["dtypeReason"]) == auto_precision(torch.device("cpu"), "codegen")

@@ -149,7 +149,8 @@ async def test_burst_of_keystrokes_supersedes_and_ends_like_a_single_request(cli
 
 
 async def test_cancel_request_stops_the_computation(own_server):
-    client = await own_server(maxNewTokens=200)
+    # float32: 200 decode steps of this model take ~0.2 s, long enough to cancel (int8 may finish first)
+    client = await own_server(maxNewTokens=200, dtype="float32")
     open_doc(client, "file:///warm.py", "x = 1\n")
     await inline(client, "file:///warm.py", 1, 0)  # warm up: loads the model
     uri = "file:///cancel.py"
