@@ -9,7 +9,10 @@ Four measurements, float32, best of several passes over more data than any cache
      the engine's CPU path) at 1041 positions, in a positions-last cache sized exactly and in one of 2048
      positions (the engine's, rows strided), and scaled_dot_product_attention on a positions-first cache;
   4. the engine's decode step on a model of the 350M depth (20 layers) with tiny widths (E 64, 4 heads,
-     vocab 512) at the same position: what a step costs beyond moving bytes (op dispatch and Python).
+     vocab 512) at the same position: what a step costs beyond moving bytes (op dispatch and Python);
+  5. the int8 and half-precision products torch 2.13 ships, for 1 row and 1,000 rows over [7168, 1024]:
+     fbgemm's dynamic-quantized linear (prepacked int8, the engine's int8 kernel), aten._weight_int8pack_mm
+     (weight-only int8), bfloat16 F.linear, against float32 (F.linear and oneDNN): ms and speedup.
 
     python bench/bench_kernels.py [--threads N] [--positions 1041]
 """
@@ -17,9 +20,7 @@ Four measurements, float32, best of several passes over more data than any cache
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,24 +29,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_keystroke import gemv_kernels  # noqa: E402 (this folder: the same kernels as the floor's)
+from bench_machine import best_seconds, describe, loadavg  # noqa: E402
 
+from inference import quant  # noqa: E402
 from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
 from inference.kv_cache import KVCache  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 16, 32)
 L, H, D = 20, 16, 64  # codegen-350M: layers, heads, head dim
-
-
-def best_seconds(fn, passes: int = 5) -> float:
-    """Best wall time of fn() over `passes` runs, after a warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(passes):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def read_bandwidth(nbytes: int = 1 << 29) -> float:
@@ -121,6 +113,22 @@ def tiny_step_seconds(positions: int) -> float:
     )
 
 
+def precision_kernels(rows: int, out: int = 7168, n: int = 1024) -> dict[str, float]:
+    """Kernel -> seconds of x [rows, n] @ W^T for one [out, n] weight in each precision torch offers here."""
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(out, n, generator=g), torch.randn(rows, n, generator=g)
+    q, scale = quant.quantize_per_channel(w)
+    wb, xb = w.bfloat16(), x.bfloat16()
+    cases = {f"float32 {k}": (lambda fn=fn: fn(x, w)) for k, fn in gemv_kernels().items()}
+    if quant.int8_kernel():
+        packed = quant.Int8Weight(w)
+        cases["int8 fbgemm linear_dynamic"] = lambda: packed(x)
+    cases["int8 aten._weight_int8pack_mm"] = lambda: torch.ops.aten._weight_int8pack_mm(x, q, scale)
+    cases["bfloat16 F.linear"] = lambda: F.linear(xb, wb)
+    passes = 20 if rows == 1 else 3
+    return {k: best_seconds(fn, passes) for k, fn in cases.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -128,8 +136,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
+    print(describe())
+    print("load average at start (other processes share this machine): " + loadavg())
     with torch.inference_mode():
         print(f"plain read (torch.sum, 512 MiB): {read_bandwidth() / 1e9:.1f} GB/s")
         print("x [rows, 1024] @ W^T, ten [7168, 1024] float32 weights: weight GB/s (time vs 1 row)")
@@ -141,6 +149,13 @@ def main() -> None:
             print(f"  {name}: {bw / 1e9:.1f}")
         step = tiny_step_seconds(args.positions)
         print(f"decode step, {L} layers of width 64 at {args.positions} positions: {step * 1e3:.2f} ms")
+        for rows in (1, 1000):
+            times = precision_kernels(rows)
+            base = min(v for k, v in times.items() if k.startswith("float32"))
+            print(f"x [{rows}, 1024] @ W^T, W [7168, 1024]: ms (speedup over the faster float32)")
+            for name, sec in times.items():
+                print(f"  {name:32s} {sec * 1e3:9.3f} ms  {base / sec:5.2f}x")
+    print("load average at end: " + loadavg())
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Per-keystroke completion latency: the engine with KV-cache reuse vs transformers `generate`, same run.
+"""Per-keystroke completion latency: the engine (int8 and float32) vs transformers `generate`, same run.
 
 A random-weight model with codegen-350M-mono's exact shape, the real tokenizer, a real CPython stdlib
 source file as context (~1000 tokens before the cursor); the next 20 characters are typed one keystroke at
-a time and each keystroke asks for a 16-token greedy completion. Also: decode ms/token against a floor of
-(weight bytes read per token) / (matrix-vector bandwidth measured in this run).
+a time and each keystroke asks for a 16-token greedy completion, from the engine in int8 and in float32
+and from transformers in float32. Also: decode ms/token against a floor of (weight + KV bytes read per
+token) / (the best matrix-vector bandwidth measured in this run), and a cold prompt (nothing cached).
 
     python bench/bench_keystroke.py [--keystrokes 20] [--new-tokens 16] [--context-tokens 1000] [--threads N]
 """
@@ -11,8 +12,7 @@ a time and each keystroke asks for a 16-token greedy completion. Also: decode ms
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import copy
 import statistics
 import sys
 import sysconfig
@@ -25,7 +25,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference import ops, registry  # noqa: E402
+from bench_machine import best_seconds, describe, loadavg  # noqa: E402
+
+from inference import ops, quant, registry  # noqa: E402
 from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
 from inference.engine import Engine  # noqa: E402
@@ -85,9 +87,16 @@ def build_models(tok):
     return ref, loaded
 
 
+def int8_copy(loaded: LoadedModel) -> LoadedModel:
+    """The same model with int8 weights (quantized as the loader does: after fusing, per output row)."""
+    model = copy.deepcopy(loaded.model)
+    quant.quantize_model(model)
+    return LoadedModel(**{**vars(loaded), "model": model, "name": loaded.name + "-int8", "weights": "int8"})
+
+
 def decode_weight_bytes(model) -> int:
     """Bytes of weights one decode step reads: everything but the embedding table (one row of it)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total = sum(p.numel() * p.element_size() for p in model.parameters()) + quant.int8_bytes(model)
     wte = model.wte.weight
     return total - wte.numel() * wte.element_size() + wte.shape[1] * wte.element_size()
 
@@ -111,6 +120,17 @@ def gemv_bandwidth(kernel, n: int = 4096, mats: int = 8, repeats: int = 10) -> t
     return nbytes / best, nbytes / max(best_cpu, 1e-9)
 
 
+@torch.inference_mode()
+def int8_gemv_bandwidth(out: int = 8192, n: int = 4096, mats: int = 8) -> tuple[float, float]:
+    """Bytes/s (wall, CPU) of one-row products through the int8 kernel over `mats` [out, n] int8 weights."""
+    ws = [quant.Int8Weight(torch.randn(out, n)) for _ in range(mats)]
+    x = torch.randn(1, n)
+    nbytes = sum(w.nbytes for w in ws)
+    wall = best_seconds(lambda: [w(x) for w in ws], passes=10)
+    cpu = best_seconds(lambda: [w(x) for w in ws], passes=10, clock=time.process_time)
+    return nbytes / wall, nbytes / max(cpu, 1e-9)
+
+
 def gemv_kernels() -> dict:
     """The matrix-vector kernels this torch build has: its default (MKL) and, where built in, oneDNN's."""
     kernels = {"torch F.linear": F.linear}
@@ -122,6 +142,8 @@ def gemv_kernels() -> dict:
 def measure_bandwidths(when: str) -> dict:
     """Each matrix-vector kernel's (wall, CPU-time) bandwidth, printed."""
     bws = {name: gemv_bandwidth(kernel) for name, kernel in gemv_kernels().items()}
+    if quant.int8_kernel():
+        bws["int8 " + quant.int8_kernel()] = int8_gemv_bandwidth()
     for name, (b, bc) in bws.items():
         print(f"matrix-vector bandwidth {when}, {name}: {b / 1e9:.2f} GB/s wall ({bc / 1e9:.2f} GB/s CPU)")
     return bws
@@ -132,15 +154,68 @@ def kv_read_bytes(config, positions: int) -> int:
     return 2 * config.n_layer * positions * config.n_embd * 4
 
 
-def loadavg() -> str:
-    """The 1/5/15-minute load averages."""
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def pct(xs: list[float], q: float) -> float:
     """The q-quantile (nearest rank) of xs."""
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+def engine_keystrokes(loaded, before: str, prompts: list[str], params) -> dict:
+    """Open the document (its cold prefill is not a keystroke), type, then a cold prompt in a new engine."""
+    engine = Engine(loaded)
+    engine.generate("doc", before, params)
+    out = {k: [] for k in ("wall", "cpu", "dec", "dec_cpu", "prefills", "ids")}
+    for p in prompts:
+        c = time.process_time()
+        r = engine.generate("doc", p, params)
+        out["cpu"].append((time.process_time() - c) * 1e3)
+        out["wall"].append(r.total_ms)
+        out["prefills"].append(r.prefill_tokens)
+        out["ids"].append(r.token_ids)
+        if r.decode_steps:
+            out["dec"].append(r.decode_ms / r.decode_steps)
+            out["dec_cpu"].append(r.extra["decode_cpu_ms"] / r.decode_steps)
+    out["cold"] = Engine(loaded).generate("cold", prompts[-1], params)
+    return out
+
+
+def print_engine(name: str, run: dict, wbytes: int, kv_bytes: int, bws: dict) -> None:
+    """Keystroke percentiles, the cold prompt, and decode against its byte floor at the best bandwidth."""
+    report(name, run["wall"], run["cpu"])
+    cold = run["cold"]
+    print(
+        f"{'':14s}prefilled {statistics.mean(run['prefills']):.1f} tokens/keystroke on average; a cold "
+        f"{cold.prompt_tokens}-token prompt: {cold.total_ms:.0f} ms wall (prefill {cold.prefill_ms:.0f} ms)"
+    )
+    fastest = max(bws, key=lambda k: bws[k][0])
+    bw, bw_cpu = bws[fastest]
+    floor, floor_cpu = (wbytes + kv_bytes) / bw * 1e3, (wbytes + kv_bytes) / bw_cpu * 1e3
+    d, dc = statistics.median(run["dec"]), statistics.median(run["dec_cpu"])
+    print(
+        f"{'':14s}decode {d:.1f} ms/token wall, {dc:.1f} CPU; reads {wbytes / 1e6:.0f} MB weights + "
+        f"{kv_bytes / 1e6:.0f} MB KV -> floor {floor:.1f} ms ({fastest}): {d / floor:.2f}x wall, "
+        f"{dc / floor_cpu:.2f}x CPU"
+    )
+
+
+def transformers_keystrokes(ref, tok, prompts, eng_ids, new_tokens: int) -> tuple[list, list, int]:
+    """transformers generate on the same prompts: wall ms, CPU ms, how many token-identical to the engine."""
+    hf, hf_cpu, same = [], [], 0
+    with torch.inference_mode():
+        for p, ids in zip(prompts, eng_ids, strict=True):
+            x = torch.tensor([tok.encode(p)])
+            t, c = time.perf_counter(), time.process_time()
+            out = ref.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
+            hf.append((time.perf_counter() - t) * 1e3)
+            hf_cpu.append((time.process_time() - c) * 1e3)
+            same += out[0, x.shape[1] :].tolist() == ids
+    return hf, hf_cpu, same
 
 
 def main() -> None:
@@ -160,87 +235,49 @@ def main() -> None:
     tok = load_tokenizer(TOKENIZER_DIR)
     before, keys, src = context_and_keys(tok, args.context_tokens, args.keystrokes)
     prompts = [before + keys[: k + 1] for k in range(args.keystrokes)]
-    print(
-        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    print(describe())
     print("load average at start (other processes share this machine): " + loadavg())
     print(f"context: {src}, {len(tok.encode(before))} tokens before the cursor; typing {keys!r}")
     t = time.perf_counter()
     ref, loaded = build_models(tok)
+    int8 = int8_copy(loaded) if quant.int8_kernel() else None
     print(f"models built in {time.perf_counter() - t:.1f}s")
     params = GenerationParams(max_new_tokens=args.new_tokens)
-    wbytes = decode_weight_bytes(loaded.model)
     bws = measure_bandwidths("before the engine's keystrokes")
     if args.no_onednn:
         ops.USE_ONEDNN = False
         print("engine runs without oneDNN (--no-onednn)")
-
-    engine = Engine(loaded)
-    engine.generate("doc", before, params)  # the document was opened: its cold prefill is not a keystroke
-    eng, eng_cpu, dec, dec_cpu, prefills, eng_ids = [], [], [], [], [], []
-    for p in prompts:
-        c = time.process_time()
-        r = engine.generate("doc", p, params)
-        eng_cpu.append((time.process_time() - c) * 1e3)
-        eng.append(r.total_ms)
-        prefills.append(r.prefill_tokens)
-        eng_ids.append(r.token_ids)
-        if r.decode_steps:
-            dec.append(r.decode_ms / r.decode_steps)
-            dec_cpu.append(r.extra["decode_cpu_ms"] / r.decode_steps)
-    cold = Engine(loaded).generate("cold", prompts[-1], params)
-    report("engine", eng, eng_cpu)
-    print(
-        f"              prefilled {statistics.mean(prefills):.1f} tokens/keystroke on average "
-        f"(a cold {cold.prompt_tokens}-token prompt: {cold.total_ms:.0f} ms wall)"
-    )
+    runs = {"engine int8": engine_keystrokes(int8, before, prompts, params)} if int8 else {}
+    runs["engine fp32"] = engine_keystrokes(loaded, before, prompts, params)
     # The VM's memory bandwidth drifts with its neighbours: measure again and keep the best (the lower floor).
     after = measure_bandwidths("after them")
     bws = {name: tuple(map(max, bws[name], after[name])) for name in bws}
-    fastest = max(bws, key=lambda name: bws[name][0])
-    bw, bw_cpu = bws[fastest]
-    floor_ms, floor_cpu = wbytes / bw * 1e3, wbytes / bw_cpu * 1e3
-    print(
-        f"decode reads {wbytes / 1e6:.0f} MB of weights per token -> floor {floor_ms:.1f} ms/token wall "
-        f"({floor_cpu:.1f} CPU) at the best bandwidth measured ({fastest})"
-    )
-    d, dc = statistics.median(dec), statistics.median(dec_cpu)
-    kv_bytes = kv_read_bytes(loaded.config, cold.prompt_tokens)
-    print(
-        f"decode:       {d:.1f} ms/token wall, {dc:.1f} ms/token CPU (median per keystroke); "
-        f"ratio to the floor {d / floor_ms:.2f}x wall, {dc / floor_cpu:.2f}x CPU"
-    )
-    kv_ms = (wbytes + kv_bytes) / bw * 1e3
-    print(
-        f"              (attention reads {kv_bytes / 1e6:.0f} MB of KV cache a token here; weights + KV "
-        f"at the same bandwidth: {kv_ms:.1f} ms, ratio {d / kv_ms:.2f}x)"
-    )
-    if args.skip_transformers:
-        return
-
-    hf, hf_cpu, same = [], [], 0
-    with torch.inference_mode():
-        for p, ids in zip(prompts, eng_ids, strict=True):
-            x = torch.tensor([tok.encode(p)])
-            t, c = time.perf_counter(), time.process_time()
-            out = ref.generate(
-                x,
-                attention_mask=torch.ones_like(x),
-                max_new_tokens=args.new_tokens,
-                do_sample=False,
-                pad_token_id=tok.eos_token_id,
-            )
-            hf.append((time.perf_counter() - t) * 1e3)
-            hf_cpu.append((time.process_time() - c) * 1e3)
-            same += out[0, x.shape[1] :].tolist() == ids
-    report("transformers", hf, hf_cpu)
-    print(f"              generate on the same prompts; {same}/{len(prompts)} completions token-identical")
-    print("load average at end: " + loadavg())
-    for name, a, b in (("wall", hf, eng), ("CPU", hf_cpu, eng_cpu)):
+    kv_bytes = kv_read_bytes(loaded.config, runs["engine fp32"]["cold"].prompt_tokens)
+    for name, run in runs.items():
+        model = int8.model if name.endswith("int8") else loaded.model
+        print_engine(name, run, decode_weight_bytes(model), kv_bytes, bws)
+    base = runs["engine fp32"]
+    if int8:
+        q = runs["engine int8"]
         print(
-            f"speedup {name:4s}: p50 {pct(a, 0.5) / pct(b, 0.5):.1f}x  p95 {pct(a, 0.95) / pct(b, 0.95):.1f}x"
+            f"int8 vs float32 engine: keystroke p50 {pct(base['wall'], 0.5) / pct(q['wall'], 0.5):.2f}x, "
+            f"cold prompt {base['cold'].total_ms / q['cold'].total_ms:.2f}x, "
+            f"{sum(a == b for a, b in zip(q['ids'], base['ids'], strict=True))}/{len(prompts)} "
+            "completions token-identical"
         )
+    if args.skip_transformers:
+        print("load average at end: " + loadavg())
+        return
+    hf, hf_cpu, same = transformers_keystrokes(ref, tok, prompts, base["ids"], args.new_tokens)
+    report("transformers", hf, hf_cpu)
+    print(f"              generate on the same prompts; {same}/{len(prompts)} token-identical to engine fp32")
+    print("load average at end: " + loadavg())
+    for name, run in runs.items():
+        for clock, a, b in (("wall", hf, run["wall"]), ("CPU", hf_cpu, run["cpu"])):
+            print(
+                f"speedup of {name} over transformers, {clock:4s}: p50 {pct(a, 0.5) / pct(b, 0.5):.1f}x  "
+                f"p95 {pct(a, 0.95) / pct(b, 0.95):.1f}x"
+            )
 
 
 def report(name: str, wall: list[float], cpu: list[float]) -> None:

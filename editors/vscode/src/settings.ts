@@ -13,6 +13,7 @@ export const SCALAR_SETTINGS = [
   "topP",
   "contextWindow",
   "debounceMs",
+  "maxLatencyMs",
   "prefillOnOpen",
   "cacheBudgetMb",
   "modelMemoryBudgetMb",

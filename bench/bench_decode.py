@@ -1,0 +1,155 @@
+"""Decode near the byte floor on small models, and the latency budget, float32 vs int8, same run.
+
+1. A random 8-layer, 512-wide CodeGen (vocabulary 51,200) at 1,110 cached positions and the built-in model
+   at 300: engine decode ms/step (wall and process CPU time) against (weight + KV bytes read per step) /
+   (the best matrix-vector bandwidth measured in this run), in float32 and int8.
+2. maxLatencyMs: the built-in model completes 20 keystrokes of real code (64 new tokens, no stop pattern)
+   with and without a budget; p95 of a completion's time against the budget plus one line's decode.
+
+    python bench/bench_decode.py [--threads N] [--budget-ms 40] [--steps 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_keystroke import decode_weight_bytes, measure_bandwidths, pct  # noqa: E402
+from bench_machine import describe, loadavg  # noqa: E402
+
+from inference import quant  # noqa: E402
+from inference.codegen import CodeGen  # noqa: E402
+from inference.config import CodeGenConfig  # noqa: E402
+from inference.engine import Engine  # noqa: E402
+from inference.generate import GenerationParams, line_end_after  # noqa: E402
+from inference.kv_cache import KVCache  # noqa: E402
+from inference.loader import load_model  # noqa: E402
+
+SHAPE_8x512 = dict(vocab_size=51200, n_positions=2048, n_embd=512, n_layer=8, n_head=8, rotary_dim=32)
+
+
+def random_codegen(shape: dict) -> torch.nn.Module:
+    """A random-weight CodeGen of `shape`, prepared (fused) as the loader prepares one."""
+    torch.manual_seed(0)
+    model = CodeGen(CodeGenConfig.from_dict({"model_type": "codegen", **shape}))
+    model.prepare_for_inference()
+    return model.eval().requires_grad_(False)
+
+
+@torch.inference_mode()
+def step_ms(model, positions: int, steps: int) -> tuple[float, float]:
+    """Median wall and CPU ms of one decode step at `positions` cached tokens (after a prefill)."""
+    c = model.config
+    assert positions + steps <= c.n_positions
+    cache = KVCache(c.n_layer, c.n_head, c.head_dim, c.n_positions)  # the engine's: the whole window
+    pos = torch.arange(c.n_positions)
+    model(torch.randint(0, c.vocab_size, (1, positions)), pos[:positions], cache, last_only=True)
+    idx = torch.tensor([[5]])
+    wall, cpu = [], []
+    for i in range(positions, positions + steps):
+        t, p = time.perf_counter(), time.process_time()
+        model(idx, pos[i : i + 1], cache)
+        wall.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - p) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def floors(models: dict, positions: dict, steps: int, bws: dict) -> None:
+    """Each model's decode step against its byte floor, float32 and int8."""
+    name_bw = max(bws, key=lambda k: bws[k][0])
+    bw, bw_cpu = bws[name_bw]
+    print(
+        f"floors at the best bandwidth measured: {name_bw}, {bw / 1e9:.1f} GB/s wall, {bw_cpu / 1e9:.1f} CPU"
+    )
+    for name, model in models.items():
+        c = model.config
+        P = positions[name.split()[0]]
+        nbytes = decode_weight_bytes(model) + 2 * c.n_layer * P * c.n_head * c.head_dim * 4
+        wall, cpu = step_ms(model, P, steps)
+        floor, floor_cpu = nbytes / bw * 1e3, nbytes / bw_cpu * 1e3
+        print(
+            f"  {name:16s} {P} positions: {wall:6.2f} ms/step wall, {cpu:6.2f} CPU; "
+            f"reads {nbytes / 1e6:5.1f} MB -> floor {floor:5.2f} ms: {wall / floor:.2f}x wall, "
+            f"{cpu / floor_cpu:.2f}x CPU"
+        )
+
+
+def longest_line(tok, ids: list[int]) -> int:
+    """Tokens in the longest line of a completion (a token holding a newline ends its line)."""
+    longest, n = 0, 0
+    for i in ids:
+        n += 1
+        if "\n" in tok.decode([i]):
+            longest, n = max(longest, n), 0
+    return max(longest, n)
+
+
+def budget_run(loaded, keystrokes: int, budget_ms: float, new_tokens: int) -> None:
+    """Per-keystroke completion time with and without a latency budget; p95 vs budget + one line's decode."""
+    text = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text(encoding="utf-8")
+    cut = text.index("def fill(")
+    prompts = [text[: cut + k] for k in range(keystrokes)]
+    out = {}
+    for budget in (0.0, budget_ms):
+        engine = Engine(loaded)
+        engine.generate("doc", text[:cut], GenerationParams(max_new_tokens=1))
+        params = GenerationParams(max_new_tokens=new_tokens, max_latency_ms=budget)
+        out[budget] = [engine.generate("doc", p, params) for p in prompts]
+    free, capped = out[0.0], out[budget_ms]
+    per_token = statistics.median(r.decode_ms / r.decode_steps for r in free if r.decode_steps)
+    allowance = [budget_ms + longest_line(loaded.tokenizer, r.token_ids) * per_token for r in free]
+    totals = [r.total_ms for r in capped]
+    within = sum(t <= a for t, a in zip(totals, allowance, strict=True))
+    stopped = sum(r.stop_reason == "time_budget" for r in capped)
+    print(
+        f"  {loaded.precision}: no budget p95 {pct([r.total_ms for r in free], 0.95):.1f} ms; "
+        f"maxLatencyMs {budget_ms:g}: p95 {pct(totals, 0.95):.1f} ms, {stopped}/{len(capped)} stopped by it; "
+        f"{within}/{len(capped)} within the budget + their longest line's decode at {per_token:.2f} ms/token "
+        f"(p95 of that allowance {pct(allowance, 0.95):.1f} ms)"
+    )
+    shown = [r.text[: line_end_after(r.text, 0)] for r in free]
+    assert all(
+        c.text.startswith(s) or c.stop_reason != "time_budget" for c, s in zip(capped, shown, strict=True)
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--steps", type=int, default=64, help="decode steps timed per model")
+    ap.add_argument("--budget-ms", type=float, default=40.0)
+    ap.add_argument("--keystrokes", type=int, default=20)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(describe())
+    print("load average at start (other processes share this machine): " + loadavg())
+    small = random_codegen(SHAPE_8x512)
+    builtin = load_model("builtin", dtype="float32")
+    models = {"8x512 float32": small, "builtin float32": builtin.model}
+    if quant.int8_kernel():
+        for name in list(models):
+            q = copy.deepcopy(models[name])
+            quant.quantize_model(q)
+            models[name.replace("float32", "int8")] = q
+    bws = measure_bandwidths("before")
+    floors(models, {"8x512": 1110, "builtin": 300}, args.steps, bws)
+    print(f"latency budget, built-in model, {args.keystrokes} keystrokes, 64 new tokens, no stop pattern:")
+    budget_run(builtin, args.keystrokes, args.budget_ms, 64)
+    if quant.int8_kernel():
+        budget_run(load_model("builtin", dtype="int8"), args.keystrokes, args.budget_ms, 64)
+    print("load average at end: " + loadavg())
+
+
+if __name__ == "__main__":
+    main()
