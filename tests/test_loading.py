@@ -150,8 +150,10 @@ def test_missing_tokenizer(ckpt):
 
 
 def test_bad_dtype_and_device(ckpt):
-    with pytest.raises(ModelLoadError, match="unsupported dtype 'int8'"):
-        load_model(str(ckpt), dtype="int8")
+    with pytest.raises(
+        ModelLoadError, match="unsupported dtype 'int4'; use auto, float32, bfloat16, float16 or int8"
+    ):
+        load_model(str(ckpt), dtype="int4")
     with pytest.raises(ModelLoadError, match="invalid device"):
         load_model(str(ckpt), device="gpu0")
     if not torch.cuda.is_available():
