@@ -106,3 +106,18 @@ def test_max_latency_setting_is_validated(value, ok):
         assert GenerationParams(max_latency_ms=settings.max_latency_ms).max_latency_ms == value
     with pytest.raises(ValueError, match="max_latency_ms must be >= 0"):
         GenerationParams(max_latency_ms=-1)
+
+
+@pytest.mark.asyncio
+async def test_server_passes_max_latency_to_the_engine(start_server, builtin):
+    """maxLatencyMs 1: the server's completion is the first line, stopped by the budget (codegen.status)."""
+    from tests.conftest import inline, open_doc, status
+
+    opts = {"model": "builtin", "device": "cpu", "dtype": "float32", "maxNewTokens": 48}
+    client = await start_server({**opts, "maxLatencyMs": 1, "completionMode": "free"})
+    open_doc(client, "file:///a.py", PROMPT)
+    items = await inline(client, "file:///a.py", 4, 4, automatic=False)
+    last = (await status(client))["latency"]["last"]
+    full = Engine(builtin).generate("a", PROMPT, GenerationParams(max_new_tokens=48))
+    assert last["stopReason"] == "time_budget"
+    assert items and items[0].insert_text == full.text[: line_end_after(full.text, 0)]
