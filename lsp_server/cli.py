@@ -1,4 +1,4 @@
-"""`codegen-lsp complete | serve | synthesize`. Logs go to stderr; stdout carries only the result."""
+"""`codegen-lsp complete | serve | synthesize | export`. Logs go to stderr; stdout carries only the result."""
 
 from __future__ import annotations
 
@@ -70,7 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--file", default=None, help="existing program the turns continue (optional)")
     y.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     y.add_argument("turns", nargs="+", help="one instruction per turn")
+
+    e = sub.add_parser("export", help="write a CodeGen checkpoint as GPT-J (what vLLM serves)")
+    e.add_argument("--format", choices=("gptj",), default="gptj", help="output architecture (gptj)")
+    e.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="default: as stored"
+    )
+    e.add_argument("--max-shard-size", default="2GB", help="largest weight file, e.g. 500MB, 2GB (default)")
+    e.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    e.add_argument("src", help="CodeGen checkpoint directory or hub id")
+    e.add_argument("dst", help="new (or empty) output directory")
     return p
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '2GB', '1.5GiB', '4096' -> bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        value = float(num)
+        unit = units[t[len(num) :]]
+    except (ValueError, KeyError):
+        raise CliError(f"--max-shard-size {text!r}: use a size like 500MB or 2GB") from None
+    if value <= 0:
+        raise CliError(f"--max-shard-size {text!r} must be positive")
+    return int(value * unit)
+
+
+def export(args: argparse.Namespace) -> int:
+    """`codegen-lsp export`: convert a CodeGen checkpoint; stdout gets the output directory."""
+    from inference.errors import ModelLoadError
+    from inference.export import export_gptj
+
+    try:
+        out = export_gptj(args.src, Path(args.dst), args.dtype, parse_size(args.max_shard_size))
+    except (CliError, ModelLoadError, OSError) as exc:
+        print(f"codegen-lsp export: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(f"{out}\n")
+    return 0
 
 
 def text_before(text: str, line: int | None, character: int | None) -> str:
@@ -164,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "complete":
         return complete(args)
+    if args.command == "export":
+        return export(args)
     from lsp_server.synthesis import main as synthesize_main
 
     return synthesize_main(args) or 0
