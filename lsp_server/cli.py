@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--language", default=None, help="LSP language id (default: from the file suffix)")
     c.add_argument("--mode", choices=MODES, default=None, help="completion mode (default: the server's)")
     c.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    c.add_argument("--remote-url", default=None, help="OpenAI-compatible server, e.g. http://host:8000/v1")
+    c.add_argument("--remote-model", default=None, help="the served model's name (with --remote-url)")
+    c.add_argument(
+        "--remote-tokenizer",
+        default=None,
+        help="tokenizer of the served model (default: codegen-350M-mono's)",
+    )
 
     s = sub.add_parser("serve", help="run the language server (stdio by default)")
     s.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
@@ -165,13 +172,20 @@ def complete(args: argparse.Namespace) -> int:
             seed=args.seed,
             stop_patterns=stops,
         )
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        if args.remote_url or args.remote_model:
+            engine = remote_engine(args)
+        else:
+            loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+            if loaded.notice:
+                print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
+            engine = Engine(loaded, max_context=None)
     except (CliError, ModelLoadError, ValueError) as exc:
         print(f"codegen-lsp complete: error: {exc}", file=sys.stderr)
         return 2
-    if loaded.notice:
-        print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
-    result = Engine(loaded, max_context=None).generate("cli", prompt, params)
+    result = engine.generate("cli", prompt, params)
+    if result.stop_reason == "remote_unavailable":
+        print(f"codegen-lsp complete: remote_unavailable: {result.extra['remote_error']}", file=sys.stderr)
+        return 1
     out = result.text if args.raw else trim(result.text, stops)
     log.info(
         "%d prompt tokens%s, %d generated (%s), prefill %.0f ms, decode %.0f ms",
@@ -185,6 +199,27 @@ def complete(args: argparse.Namespace) -> int:
     sys.stdout.write(out)
     sys.stdout.flush()
     return 0
+
+
+def remote_engine(args: argparse.Namespace):
+    """The remote backend of `complete --remote-url U --remote-model M`."""
+    from inference.errors import ModelLoadError
+    from lsp_server.remote import DEFAULT_TOKENIZER, RemoteEngine, RemoteSpec, load_tokenizer_for
+
+    if not (args.remote_url and args.remote_model):
+        raise CliError("--remote-url and --remote-model go together")
+    spec = RemoteSpec.from_dict(
+        {
+            "url": args.remote_url,
+            "model": args.remote_model,
+            "tokenizer": args.remote_tokenizer or DEFAULT_TOKENIZER,
+        }
+    )
+    try:
+        tokenizer = load_tokenizer_for(spec.tokenizer)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer {spec.tokenizer!r}: {exc}") from exc
+    return RemoteEngine(spec, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:

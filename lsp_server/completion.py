@@ -12,6 +12,7 @@ from inference.worker import Superseded
 from lsp_server import postprocess
 from lsp_server.documents import Document
 from lsp_server.models import ModelUnavailable
+from lsp_server.progress import show
 from lsp_server.prompt import PromptWindow, cut_prompt
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ BLANK = "blank"  # only white space was generated
 SUFFIX_ONLY = "suffix_only"  # the completion only repeated the text after the cursor
 CONTEXT_FULL = "context_full"  # no room left in the model's window
 MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
+REMOTE_UNAVAILABLE = "remote_unavailable"  # the remote server did not answer (codegen.status: why)
 ERROR = "error"  # an unexpected error (logged with its traceback)
 
 
@@ -173,6 +175,10 @@ class Completer:
             return self._answer(uri, Outcome(start=start, end=end, reason=ERROR), t0)
         if result.stop_reason == "cancelled":
             return self._answer(uri, Outcome(start=start, end=end, reason=CANCELLED), t0)
+        if result.extra.get("new_outage"):  # one message per outage of a remote server
+            show(
+                self.server, f"codegen: the completion server is unavailable: {result.extra['remote_error']}"
+            )
         completion = postprocess.trim(result.text, patterns)
         self.record(result, t0)
         if completion:
@@ -297,6 +303,8 @@ class Completer:
 
     @staticmethod
     def why_empty(result) -> str:
+        if result.stop_reason == REMOTE_UNAVAILABLE:
+            return REMOTE_UNAVAILABLE
         if result.stop_reason == "eos" and len(result.token_ids) <= 1:
             return EOS_AT_ONCE
         if result.stop_reason == "context_full":

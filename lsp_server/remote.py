@@ -1,0 +1,452 @@
+"""The remote backend: an OpenAI-compatible /v1/completions server (vLLM serving a GPT-J export of CodeGen).
+
+It answers like a local engine (`engine.session(key).generate(prompt, params, should_cancel)` ->
+GenerationResult), so the completion path and synthesis do not know which one answers. The prompt is cut
+exactly as for the local engine and sent as token ids (identical prompts; consecutive keystrokes share a
+long token prefix, which vLLM's prefix cache reuses). The tokens stream back; our regex stop patterns are
+applied to the stream, which is closed at the first match, on supersede or cancel (vLLM then aborts the
+sequence). Any failure gives an empty result with stop reason `remote_unavailable`, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "remote_unavailable"
+DEFAULT_TOKENIZER = "Salesforce/codegen-350M-mono"  # every CodeGen size shares this tokenizer
+DEFAULT_WINDOW = 2048  # used when the server does not say its max_model_len
+TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "*.json"]
+
+
+class RemoteSpecError(ValueError):
+    """A `remote` setting that cannot be used; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """Where completions come from: `{"url", "model", "apiKeyEnv"?, "timeoutMs"?, "tokenizer"?}`."""
+
+    url: str
+    model: str
+    api_key_env: str | None = None
+    timeout_ms: int = 10_000
+    tokenizer: str = DEFAULT_TOKENIZER
+
+    @classmethod
+    def from_dict(cls, d: Any) -> RemoteSpec:
+        """Validate the camelCase setting object."""
+        if not isinstance(d, dict):
+            raise RemoteSpecError(f"expected an object {{url, model, ...}}, got {d!r}")
+        unknown = set(d) - {"url", "model", "apiKeyEnv", "timeoutMs", "tokenizer"}
+        if unknown:
+            raise RemoteSpecError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        url, model = d.get("url"), d.get("model")
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip()):
+            raise RemoteSpecError(f"url must be an http(s) URL such as http://host:8000/v1, got {url!r}")
+        if not isinstance(model, str) or not model.strip():
+            raise RemoteSpecError(f"model must be the served model's name, got {model!r}")
+        key_env = d.get("apiKeyEnv")
+        if key_env is not None and (not isinstance(key_env, str) or not key_env.strip()):
+            raise RemoteSpecError(f"apiKeyEnv must name an environment variable, got {key_env!r}")
+        timeout = d.get("timeoutMs", 10_000)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 100 <= timeout <= 600_000:
+            raise RemoteSpecError(f"timeoutMs must be an integer in [100, 600000], got {timeout!r}")
+        tok = d.get("tokenizer", DEFAULT_TOKENIZER)
+        if not isinstance(tok, str) or not tok.strip():
+            raise RemoteSpecError(f"tokenizer must be a checkpoint directory or hub id, got {tok!r}")
+        return cls(url.strip().rstrip("/"), model.strip(), key_env, timeout, tok.strip())
+
+    def to_dict(self) -> dict:
+        """The camelCase form (settings, codegen.status)."""
+        d = {"url": self.url, "model": self.model, "timeoutMs": self.timeout_ms, "tokenizer": self.tokenizer}
+        return d | ({"apiKeyEnv": self.api_key_env} if self.api_key_env else {})
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} @ {self.url}"
+
+
+class RemoteError(Exception):
+    """The server could not answer (refused, timeout, HTTP error, malformed stream)."""
+
+
+@dataclass
+class RemoteConfig:
+    """The few config fields the server side reads (window, ids)."""
+
+    n_positions: int
+    vocab_size: int
+    eos_token_id: int | None
+    bos_token_id: int | None
+
+
+@dataclass
+class RemoteLoaded:
+    """What a ModelEntry's `loaded` offers, for a remote model."""
+
+    name: str
+    config: RemoteConfig
+    tokenizer: Any
+    path: str = ""
+    family: str = "remote"
+
+
+def load_tokenizer_for(name: str):
+    """The tokenizer of a checkpoint directory, `builtin`, or a hub id (tokenizer files only)."""
+    from inference import hub
+    from tokenizer import load_tokenizer
+
+    if name == hub.BUILTIN:
+        return load_tokenizer(hub.builtin_dir())
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return load_tokenizer(local)
+    from huggingface_hub import snapshot_download
+
+    kw = dict(cache_dir=hub.hf_cache_dir(), allow_patterns=TOKENIZER_FILES)
+    try:
+        path = snapshot_download(name, local_files_only=True, **kw)
+    except Exception:
+        if hub.hf_offline():
+            raise
+        path = snapshot_download(name, **kw)
+    return load_tokenizer(path)
+
+
+def literal_stops(patterns: Sequence[str]) -> list[str]:
+    """The stop regexes that are plain literals (e.g. re.escape('<|endoftext|>'), '\\n\\n\\n'), as strings
+    the server can stop on itself; anchored or other patterns are applied to the stream here."""
+    out = []
+    for p in patterns:
+        if re.fullmatch(r"(?:\\[^A-Za-z0-9]|\\n|\\t|[^.^$*+?{}\[\]\\|()])+", p):
+            s = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), p)
+            if re.fullmatch(p, s):
+                out.append(s)
+    return out
+
+
+def _client_module():
+    try:
+        import httpx2 as httpx  # what huggingface_hub >= 1.x brings
+    except ImportError:  # pragma: no cover - older huggingface_hub brings httpx
+        import httpx
+    return httpx
+
+
+@dataclass
+class RemoteState:
+    """Up or down, and why (codegen.status)."""
+
+    up: bool = True
+    outages: int = 0
+    last_error: str | None = None
+    requests: int = 0
+    closed_early: int = 0  # streams closed by a stop pattern, supersede or cancel
+    failures: int = 0
+    history: list = field(default_factory=list)
+
+
+class RemoteEngine:
+    """Engine-shaped client of one remote model; one HTTP connection pool, used from the worker thread."""
+
+    def __init__(self, spec: RemoteSpec, tokenizer, transport=None):
+        httpx = _client_module()
+        self.spec = spec
+        self.httpx = httpx
+        headers = {}
+        if spec.api_key_env:
+            key = os.environ.get(spec.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            else:
+                log.warning(
+                    "remote: environment variable %s is not set; sending no API key", spec.api_key_env
+                )
+        t = spec.timeout_ms / 1000
+        self.client = httpx.Client(
+            base_url=spec.url,
+            headers=headers,
+            timeout=httpx.Timeout(t, connect=min(t, 5.0)),
+            transport=transport,
+        )
+        self.state = RemoteState()
+        window = self.server_window()
+        vocab = getattr(tokenizer, "vocab_size", None) or 1 << 31
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.loaded = RemoteLoaded(spec.name, RemoteConfig(window, vocab, eos, eos), tokenizer, spec.url)
+        self.pool = _NoCache()
+
+    def server_window(self) -> int:
+        """The served model's max_model_len (GET /models), or DEFAULT_WINDOW when it does not say."""
+        try:
+            r = self.client.get("/models")
+            r.raise_for_status()
+            for m in r.json().get("data", []):
+                if m.get("id") == self.spec.model and isinstance(m.get("max_model_len"), int):
+                    return m["max_model_len"]
+            log.warning(
+                "remote: %s does not list model %r with a max_model_len", self.spec.url, self.spec.model
+            )
+        except Exception as exc:
+            log.warning(
+                "remote: cannot read %s/models (%s); assuming %d positions",
+                self.spec.url,
+                exc,
+                DEFAULT_WINDOW,
+            )
+        return DEFAULT_WINDOW
+
+    def session(self, key: Hashable) -> RemoteSession:
+        return RemoteSession(self, key)
+
+    def generate(self, key, prompt, params=None, should_cancel=None):
+        return self.session(key).generate(prompt, params, should_cancel)
+
+    def drop_session(self, key: Hashable) -> None:
+        """Nothing is kept per document here: the server's prefix cache is shared."""
+
+    def clear_cache(self) -> None:
+        """Nothing to free on this side."""
+
+    def close(self) -> None:
+        self.client.close()
+
+    def stats(self) -> dict:
+        """What codegen.status shows about the remote model."""
+        s = self.state
+        return {
+            "remote": self.spec.to_dict(),
+            "state": "up" if s.up else "down",
+            "lastError": s.last_error,
+            "outages": s.outages,
+            "requests": s.requests,
+            "failures": s.failures,
+            "closedEarly": s.closed_early,
+            "context_window": self.loaded.config.n_positions,
+        }
+
+    def note(self, error: str | None) -> bool:
+        """Record the outcome of a request; True when it starts an outage (tell the user once)."""
+        s = self.state
+        s.requests += 1
+        if error is None:
+            if not s.up:
+                log.info("remote: %s is back", self.spec.url)
+            s.up = True
+            return False
+        s.failures += 1
+        s.last_error = error
+        started = s.up
+        if started:
+            s.outages += 1
+        s.up = False
+        return started
+
+
+class _NoCache:
+    """The local engine's cache pool, as seen by prefill-on-open: never room (the server has its own)."""
+
+    def has_room_for(self, key) -> bool:
+        return False
+
+
+class RemoteSession:
+    """One request's view of the remote engine (the local Session's generate())."""
+
+    def __init__(self, engine: RemoteEngine, key: Hashable):
+        self.engine = engine
+        self.key = key
+
+    def prefill(self, prompt, should_cancel=None, chunk: int = 0) -> int:
+        return 0
+
+    def generate(
+        self,
+        prompt: str | list[int],
+        params=None,
+        should_cancel: Callable[[], bool] | None = None,
+    ):
+        """Stream a completion of `prompt` (cut like the local session does) -> GenerationResult; never
+        raises for the server's faults (stop reason `remote_unavailable` instead)."""
+        from inference.generate import GenerationParams, GenerationResult
+        from inference.session import fit_prompt
+
+        params = params or GenerationParams()
+        eng, t0 = self.engine, time.perf_counter()
+        cfg, tok = eng.loaded.config, eng.loaded.tokenizer
+        capacity = cfg.n_positions
+        limit = max(1, capacity - min(params.max_new_tokens, capacity // 2))
+        if isinstance(prompt, str):
+            ids, truncated = fit_prompt(prompt, tok, limit)
+        else:
+            ids, truncated = list(prompt)[-limit:], len(prompt) > limit
+        if not ids:
+            ids = [cfg.bos_token_id if cfg.bos_token_id is not None else 0]
+        body = {
+            "model": eng.spec.model,
+            "prompt": ids,
+            "max_tokens": min(params.max_new_tokens, capacity - len(ids)),
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        stops = literal_stops(params.stop_patterns)
+        if stops:
+            body["stop"] = stops
+        try:
+            out = stream_completion(eng, body, params.stop_patterns, should_cancel)
+            error = None
+        except RemoteError as exc:
+            out, error = Streamed(), str(exc)
+        new_outage = eng.note(error)
+        if error:
+            log.warning("remote completion failed: %s", error)
+        t1 = time.perf_counter()
+        reason = UNAVAILABLE if error else out.reason
+        if reason == "max_tokens" and body["max_tokens"] < params.max_new_tokens:
+            reason = "context_full"
+        return GenerationResult(
+            text=out.text,
+            token_ids=out.token_ids,
+            stop_reason=reason,
+            prompt_tokens=len(ids),
+            reused_tokens=out.cached_tokens,
+            prefill_tokens=len(ids) - out.cached_tokens,
+            prefill_ms=(out.first_ms or (t1 - t0) * 1e3),
+            decode_ms=(t1 - t0) * 1e3 - (out.first_ms or (t1 - t0) * 1e3),
+            total_ms=(t1 - t0) * 1e3,
+            decode_steps=len(out.token_ids),
+            truncated=truncated,
+            extra={"remote_error": error, "new_outage": new_outage} if error else {},
+        )
+
+
+@dataclass
+class Streamed:
+    """What a completion stream gave."""
+
+    text: str = ""
+    token_ids: list = field(default_factory=list)
+    reason: str = "max_tokens"
+    cached_tokens: int = 0
+    first_ms: float | None = None
+    decoder: Any = None  # the tokenizer's incremental decoder, for servers that stream token ids
+    eos_token_id: int | None = None
+
+
+def stream_completion(eng: RemoteEngine, body: dict, patterns: Sequence[str], should_cancel) -> Streamed:
+    """POST /completions (stream) and read it until [DONE], a stop match, or a cancel: RemoteError else."""
+    httpx, t0 = eng.httpx, time.perf_counter()
+    compiled = [re.compile(p, re.MULTILINE) for p in patterns]
+    tok = eng.loaded.tokenizer
+    out = Streamed(decoder=tok.incremental_decoder(), eos_token_id=eng.loaded.config.eos_token_id)
+    try:
+        with eng.client.stream("POST", "/completions", json=body) as r:
+            if r.status_code != 200:
+                r.read()
+                raise RemoteError(f"HTTP {r.status_code} from {eng.spec.url}/completions: {_error_text(r)}")
+            for line in r.iter_lines():
+                if should_cancel is not None and should_cancel():
+                    out.reason = "cancelled"
+                    eng.state.closed_early += 1
+                    return out  # leaving the `with` closes the stream: the server aborts the sequence
+                if not line.strip() or line.startswith(":"):
+                    continue
+                if not line.startswith("data:"):
+                    raise RemoteError(f"malformed stream from {eng.spec.url}: {line[:80]!r}")
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return _finish(out, compiled)
+                if _take(out, _parse(data, eng.spec.url), compiled, t0):
+                    eng.state.closed_early += 1
+                    return out
+        raise RemoteError(f"the stream from {eng.spec.url} ended without [DONE]")
+    except httpx.TimeoutException as exc:
+        raise RemoteError(f"timed out after {eng.spec.timeout_ms} ms ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"{type(exc).__name__}: {exc or 'connection failed'}") from exc
+
+
+def _parse(data: str, url: str) -> dict:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        raise RemoteError(f"malformed stream from {url}: {data[:80]!r}") from None
+    if not isinstance(chunk, dict):
+        raise RemoteError(f"malformed stream from {url}: {data[:80]!r}")
+    if "error" in chunk:
+        err = chunk["error"]
+        raise RemoteError(f"server error: {err.get('message', err) if isinstance(err, dict) else err}")
+    return chunk
+
+
+def _take(out: Streamed, chunk: dict, patterns: list, t0: float) -> bool:
+    """Add one chunk; True when a stop pattern matched (the text is cut there) or the model ended it."""
+    choices = chunk.get("choices") or []
+    details = (chunk.get("usage") or {}).get("prompt_tokens_details") or {}
+    out.cached_tokens = details.get("cached_tokens") or out.cached_tokens
+    if not choices or out.reason == "eos":
+        return False
+    c = choices[0]
+    ids = c.get("token_ids") if isinstance(c, dict) else None
+    if not isinstance(c, dict) or not isinstance(c.get("text") or "", str) or not isinstance(ids or [], list):
+        raise RemoteError(f"malformed chunk: {json.dumps(chunk)[:80]}")
+    if out.first_ms is None:
+        out.first_ms = (time.perf_counter() - t0) * 1e3
+    if ids is not None and out.decoder is not None:
+        # Decode the ids here, as the local engine does: the same text whatever the server's detokenizer.
+        for i in ids:
+            out.token_ids.append(i)
+            if i == out.eos_token_id:
+                out.reason = "eos"
+                break
+            out.text += out.decoder.push(i)
+    else:
+        out.text += c.get("text") or ""
+    if _cut(out, patterns):
+        return True
+    if out.reason == "eos":
+        return False
+    if c.get("finish_reason") == "stop":  # EOS, or a literal stop string the server stopped at
+        out.reason = "stop_pattern" if c.get("stop_reason") is not None else "eos"
+    elif c.get("finish_reason") == "length":
+        out.reason = "max_tokens"
+    return False
+
+
+def _cut(out: Streamed, patterns: list) -> bool:
+    from inference.generate import first_match
+
+    cut = first_match(out.text, patterns)
+    if cut >= 0:
+        out.text, out.reason = out.text[:cut], "stop_pattern"
+    return cut >= 0
+
+
+def _finish(out: Streamed, patterns: list) -> Streamed:
+    if out.decoder is not None and out.reason != "stop_pattern":
+        out.text += out.decoder.flush()
+    _cut(out, patterns)
+    return out
+
+
+def _error_text(r) -> str:
+    try:
+        err = r.json().get("error", r.json())
+        return str(err.get("message", err) if isinstance(err, dict) else err)[:200]
+    except Exception:
+        return r.text[:200] or r.reason_phrase
