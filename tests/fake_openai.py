@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible /v1/completions server (SSE stream) in the test process, with faults on demand."""
+"""A small OpenAI-compatible /v1/completions server (SSE stream) in the test process, faults on demand."""
 
 from __future__ import annotations
 

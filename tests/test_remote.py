@@ -1,4 +1,4 @@
-"""The remote backend against a fake OpenAI-compatible streaming server: requests, stops, faults, supersede."""
+"""The remote backend against a fake OpenAI-compatible streaming server: requests, stops, faults."""
 
 from __future__ import annotations
 

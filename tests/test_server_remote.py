@@ -1,4 +1,4 @@
-"""`codegen-lsp serve` with `remote` set: completions from a fake OpenAI-compatible server, outages, recovery."""
+"""`codegen-lsp serve` with `remote` set: completions from a fake OpenAI-compatible server; outages."""
 
 from __future__ import annotations
 
