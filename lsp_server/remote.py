@@ -152,8 +152,8 @@ class RemoteState:
     last_error: str | None = None
     requests: int = 0
     closed_early: int = 0  # streams closed by a stop pattern, supersede or cancel
+    cancelled: int = 0  # streams closed by a supersede or cancel
     failures: int = 0
-    history: list = field(default_factory=list)
 
 
 class RemoteEngine:
@@ -232,6 +232,7 @@ class RemoteEngine:
             "requests": s.requests,
             "failures": s.failures,
             "closedEarly": s.closed_early,
+            "cancelled": s.cancelled,
             "context_window": self.loaded.config.n_positions,
         }
 
@@ -363,6 +364,7 @@ def stream_completion(eng: RemoteEngine, body: dict, patterns: Sequence[str], sh
                 if should_cancel is not None and should_cancel():
                     out.reason = "cancelled"
                     eng.state.closed_early += 1
+                    eng.state.cancelled += 1
                     return out  # leaving the `with` closes the stream: the server aborts the sequence
                 if not line.strip() or line.startswith(":"):
                     continue

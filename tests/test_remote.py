@@ -111,11 +111,11 @@ def test_regex_stop_closes_the_stream(fake):
 
 def test_supersede_closes_the_stream(fake):
     fake.delay_s = 0.02
-    t0 = time.monotonic()
-    r = engine_for(fake.url).generate(
+    t0, eng = time.monotonic(), engine_for(fake.url)
+    r = eng.generate(
         "doc", PROMPT, GenerationParams(max_new_tokens=200), should_cancel=lambda: time.monotonic() - t0 > 0.2
     )
-    assert r.stop_reason == "cancelled"
+    assert r.stop_reason == "cancelled" and eng.stats()["cancelled"] == 1
     wait_for(lambda: fake.disconnected)
     assert fake.disconnected == [True] and fake.sent[0] < 100
 
