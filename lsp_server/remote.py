@@ -159,7 +159,7 @@ class RemoteState:
 class RemoteEngine:
     """Engine-shaped client of one remote model; one HTTP connection pool, used from the worker thread."""
 
-    def __init__(self, spec: RemoteSpec, tokenizer, transport=None):
+    def __init__(self, spec: RemoteSpec, tokenizer):
         httpx = _client_module()
         self.spec = spec
         self.httpx = httpx
@@ -177,7 +177,6 @@ class RemoteEngine:
             base_url=spec.url,
             headers=headers,
             timeout=httpx.Timeout(t, connect=min(t, 5.0)),
-            transport=transport,
         )
         self.state = RemoteState()
         window = self.server_window()
@@ -293,21 +292,7 @@ class RemoteSession:
             ids, truncated = list(prompt)[-limit:], len(prompt) > limit
         if not ids:
             ids = [cfg.bos_token_id if cfg.bos_token_id is not None else 0]
-        body = {
-            "model": eng.spec.model,
-            "prompt": ids,
-            "max_tokens": min(params.max_new_tokens, capacity - len(ids)),
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "return_token_ids": True,
-        }
-        if params.seed is not None:
-            body["seed"] = params.seed
-        stops = literal_stops(params.stop_patterns)
-        if stops:
-            body["stop"] = stops
+        body = request_body(eng.spec.model, ids, params, capacity)
         try:
             out = stream_completion(eng, body, params.stop_patterns, should_cancel)
             error = None
@@ -334,6 +319,26 @@ class RemoteSession:
             truncated=truncated,
             extra={"remote_error": error, "new_outage": new_outage} if error else {},
         )
+
+
+def request_body(model: str, ids: list[int], params, capacity: int) -> dict:
+    """The /completions request: the prompt as token ids, streamed, with the literal stops."""
+    body = {
+        "model": model,
+        "prompt": ids,
+        "max_tokens": min(params.max_new_tokens, capacity - len(ids)),
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_token_ids": True,  # decoded here, like the local engine's ids
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    stops = literal_stops(params.stop_patterns)
+    if stops:
+        body["stop"] = stops
+    return body
 
 
 @dataclass
@@ -377,6 +382,8 @@ def stream_completion(eng: RemoteEngine, body: dict, patterns: Sequence[str], sh
                     eng.state.closed_early += 1
                     return out
         raise RemoteError(f"the stream from {eng.spec.url} ended without [DONE]")
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:  # chunks of the wrong shape
+        raise RemoteError(f"malformed stream from {eng.spec.url}: {type(exc).__name__}: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise RemoteError(f"timed out after {eng.spec.timeout_ms} ms ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:

@@ -7,10 +7,17 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+MALFORMED = {
+    "malformed": b"data: {not json\n\n",
+    "bad_shape": b'data: {"choices": [{"text": "x", "token_ids": [1]}], "usage": "many"}\n\n',
+    "bad_ids": b'data: {"choices": [{"text": "x", "token_ids": ["x"]}]}\n\n',
+    "not_sse": b"<html>proxy error</html>\n",
+}
+
 
 class FakeOpenAI:
     """Streams `tokens` (ids, decoded with `tokenizer`) one chunk each; `mode` picks a fault:
-    ok | http500 | malformed | no_done | slow (no answer before `delay_s`)."""
+    ok | http500 | no_done | slow (no answer before `delay_s`) | one of MALFORMED."""
 
     def __init__(self, tokenizer, tokens: list[int], port: int = 0, model: str = "fake", max_model_len=512):
         self.tokenizer, self.tokens, self.model, self.max_model_len = tokenizer, tokens, model, max_model_len
@@ -64,8 +71,8 @@ class FakeOpenAI:
         h.end_headers()
         sent, closed = 0, False
         try:
-            if self.mode == "malformed":
-                h.wfile.write(b"data: {not json\n\n")
+            if self.mode in MALFORMED:
+                h.wfile.write(MALFORMED[self.mode])
                 h.wfile.flush()
                 return
             for i in self.tokens[: self.requests[-1]["max_tokens"]]:

@@ -128,8 +128,15 @@ def wait_for(cond, timeout: float = 5.0) -> None:
 
 @pytest.mark.parametrize(
     "mode, error",
-    [("http500", "HTTP 500 .*boom"), ("malformed", "malformed stream"), ("no_done", "without \\[DONE\\]")],
-    ids=["http-500", "malformed-stream", "stream-without-done"],
+    [
+        ("http500", "HTTP 500 .*boom"),
+        ("malformed", "malformed stream"),
+        ("bad_shape", "malformed stream"),
+        ("bad_ids", "malformed stream"),
+        ("not_sse", "malformed stream"),
+        ("no_done", "without \\[DONE\\]"),
+    ],
+    ids=["http-500", "malformed-json", "malformed-usage", "token-id-not-int", "not-sse", "no-done"],
 )
 def test_server_faults_give_remote_unavailable(fake, mode, error):
     fake.mode = mode

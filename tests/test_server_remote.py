@@ -83,6 +83,27 @@ async def test_per_language_remote_and_bad_remote_setting(start_server, fake, co
     assert len(fake.requests) == 1
 
 
+async def test_synthesis_goes_to_the_remote_server(start_server, fake):
+    """Synthesis calls the same backend: each turn's MTPB prompt reaches the server as token ids."""
+    from lsprotocol import types
+
+    client = await start_server(remote_options(fake.url))
+    uri = "file:///w/synth.py"
+    open_doc(client, uri, "")
+    turns = ["Add two numbers.", "Subtract them."]
+    args = {
+        "textDocument": {"uri": uri, "version": 1},
+        "position": {"line": 0, "character": 0},
+        "turns": turns,
+    }
+    cmd = types.ExecuteCommandParams(command="codegen.synthesize", arguments=[args])
+    got = await client.workspace_execute_command_async(cmd)
+    assert len(fake.requests) == 2
+    prompts = [TOKENIZER.decode(r["prompt"]) for r in fake.requests]
+    assert prompts[0].endswith(f"# {turns[0]}\n") and prompts[1].endswith(f"# {turns[1]}\n")
+    assert [t["code"] for t in got["turns"]] == ["    return a + b"] * 2  # cut at the blank lines
+
+
 def test_cli_complete_remote(fake, tmp_path, capsys):
     src = tmp_path / "add.py"
     src.write_text("def add(a, b):\n")
