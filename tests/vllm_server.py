@@ -37,8 +37,11 @@ def free_port() -> int:
 class VLLMServer:
     """`python -m vllm.entrypoints.openai.api_server` on a GPT-J checkpoint; start(), stop(), metrics()."""
 
-    def __init__(self, python: str, model_dir: Path, name: str, max_model_len: int, log_path: Path):
+    def __init__(
+        self, python: str, model_dir: Path, name: str, max_model_len: int, log_path: Path, extra_args=()
+    ):
         self.python, self.model_dir, self.name, self.max_model_len = python, model_dir, name, max_model_len
+        self.extra_args = list(extra_args)
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -50,6 +53,7 @@ class VLLMServer:
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir)]
         cmd += ["--served-model-name", self.name, "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--dtype", "float32", "--max-model-len", str(self.max_model_len), "--enable-prefix-caching"]
+        cmd += self.extra_args
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
