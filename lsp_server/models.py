@@ -270,8 +270,6 @@ def remote_entry(spec: dict, t0: float) -> ModelEntry:
 
 
 def _is_load_error(e: Exception) -> bool:
-    try:
-        from inference.errors import ModelLoadError
-    except ImportError:  # pragma: no cover
-        return False
+    from inference.errors import ModelLoadError
+
     return isinstance(e, ModelLoadError)
