@@ -24,7 +24,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from lsprotocol import types  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
@@ -138,9 +137,8 @@ def hit_rate(before: dict, after: dict) -> tuple[float, float]:
 
 
 def main() -> None:
-    from vllm_server import VLLMServer, vllm_python
-
     from inference.export import export_gptj
+    from tests.vllm_server import VLLMServer, vllm_python
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin", help="CodeGen checkpoint (exported to GPT-J for vLLM)")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from checkpoints import make_codegen_checkpoint, make_neox_japanese_checkpoint
 from safetensors import safe_open
 
 from inference.codegen import hf_qkv_to_qkv
@@ -14,6 +13,7 @@ from inference.errors import ModelLoadError
 from inference.export import export_gptj
 from inference.weights import open_weights
 from lsp_server.cli import main
+from tests.checkpoints import make_codegen_checkpoint, make_neox_japanese_checkpoint
 
 # Logits bound, float32. The conversion only moves values (checked bit for bit below), so both models run
 # the same float32 operations on the same numbers, except that CodeGen computes q, k and v in one

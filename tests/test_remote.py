@@ -7,11 +7,11 @@ import socket
 import time
 
 import pytest
-from checkpoints import CODEGEN_TOKENIZER_DIR
-from fake_openai import FakeOpenAI
 
 from inference.generate import GenerationParams
 from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
+from tests.checkpoints import CODEGEN_TOKENIZER_DIR
+from tests.fake_openai import FakeOpenAI
 
 TOKENIZER = load_tokenizer_for(str(CODEGEN_TOKENIZER_DIR))
 ANSWER = "    return a + b\n\n# done\nprint(1)\n" + "x = 1\n" * 100

@@ -12,10 +12,10 @@ import os
 import time
 
 import pytest
-from conftest import change, inline, open_doc, status
-from vllm_server import VLLMServer, vllm_python
 
 from inference.export import export_gptj
+from tests.conftest import change, inline, open_doc, status
+from tests.vllm_server import VLLMServer, vllm_python
 
 MODEL = "builtin-gptj"
 WINDOW = 384  # the built-in model's n_positions: vLLM serves the same window

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from checkpoints import CODEGEN_TOKENIZER_DIR
-from conftest import inline, open_doc, status
-from fake_openai import FakeOpenAI
 
 from lsp_server.cli import main
+from tests.checkpoints import CODEGEN_TOKENIZER_DIR
+from tests.conftest import inline, open_doc, status
+from tests.fake_openai import FakeOpenAI
 from tokenizer import load_tokenizer
 
 TOKENIZER = load_tokenizer(CODEGEN_TOKENIZER_DIR)
