@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from inference.generate import GenerationParams
 from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
 from tests.checkpoints import CODEGEN_TOKENIZER_DIR
 from tests.fake_openai import FakeOpenAI
+from tests.vllm_server import free_port
 
 TOKENIZER = load_tokenizer_for(str(CODEGEN_TOKENIZER_DIR))
 ANSWER = "    return a + b\n\n# done\nprint(1)\n" + "x = 1\n" * 100
@@ -28,12 +28,6 @@ def fake():
 def engine_for(url: str, **kw) -> RemoteEngine:
     spec = RemoteSpec.from_dict({"url": url, "model": "fake", "tokenizer": str(CODEGEN_TOKENIZER_DIR), **kw})
     return RemoteEngine(spec, TOKENIZER)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_literal_stops_are_sent_anchored_ones_stay_here():
