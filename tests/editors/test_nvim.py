@@ -267,11 +267,12 @@ def test_ghost_text_dismiss_trigger_and_accept_line_keys(nvim_bin, tmp_path, opt
     assert out["mode"] == "n" and out["ghost_after_esc"] is None
 
 
-def test_synthesize_command_inserts_a_program(nvim_bin, tmp_path, opts):
+def test_synthesize_command_replaces_the_selected_comments_with_the_program(nvim_bin, tmp_path, opts):
     body = """
     local buf, client = H.open(DIR .. "/synth.py", {
       "# Define a function that adds two numbers.",
       "# Print the sum of 2 and 3.",
+      "done = True",
     })
     H.out.before = H.lines(buf)
     local synth = require("codegen_lsp.synthesize")
@@ -279,24 +280,32 @@ def test_synthesize_command_inserts_a_program(nvim_bin, tmp_path, opts):
     H.wait_for("the synthesis answer", function() return synth.last end, 120000)
     H.out.result = synth.last.result
     H.out.err = synth.last.err
-    H.wait_for("the inserted program", function() return #H.lines(buf) > 2 end, 10000)
+    H.wait_for("the program in the buffer", function() return #H.lines(buf) > 3 end, 10000)
     H.out.after = H.lines(buf)
     H.out.modified = vim.bo[buf].modified
+    H.out.undo_steps = vim.fn.undotree(buf).seq_last
+    vim.cmd("undo")
+    H.out.undone = H.lines(buf)
     """
     out = run_nvim(nvim_bin, tmp_path, body, opts)
     assert out.get("err") is None, out["err"]
     result = out["result"]
     assert result["applied"] is True, result
     program = result["program"]
-    assert program.strip()
-    turns = [t["prompt"] for t in result["turns"]]
-    assert [t.strip("# \n") for t in turns] == [
+    assert [t["prompt"] for t in result["turns"]] == [
         "Define a function that adds two numbers.",
         "Print the sum of 2 and 3.",
-    ], turns
-    # The server's versioned edit put the program at the end of the selection, in the buffer (unsaved).
-    assert "\n".join(out["after"]) == "\n".join(out["before"]) + program
+    ]
+    # The server's versioned edit replaced the two selected lines with the program (in the buffer, unsaved).
+    after = "\n".join(out["after"]) + "\n"
+    assert after == program + "done = True\n"
+    for turn in result["turns"]:  # each comment exactly once, its code right after it
+        assert turn["code"].strip(), turn
+        assert after.count(turn["prompt"]) == 1
+        assert f"# {turn['prompt']}\n{turn['code']}" in after
     assert out["modified"] is True
+    # One undo step restores the selection's text.
+    assert out["undo_steps"] == 1 and out["undone"] == out["before"]
 
 
 def test_settings_reach_the_server(nvim_bin, tmp_path, opts):

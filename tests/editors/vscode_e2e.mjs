@@ -216,6 +216,12 @@ try {
     out.synthLines = await editorLines(page);
     log(`synthesized: ${out.synthLines.length} lines shown`);
     if (cfg.screenshotSynth) await page.screenshot({ path: cfg.screenshotSynth });
+    // One undo restores the selected comment lines.
+    await page.click(".editor-instance .monaco-editor .view-lines");
+    await page.keyboard.press(`${mod}+Z`);
+    await sleep(1000);
+    out.synthUndone = await editorLines(page);
+    log(`undone: ${out.synthUndone.length} lines shown`);
   }
   if (cfg.badModel) {
     // The user points codegenLsp.model at a directory that holds no model: the server warns and serves the

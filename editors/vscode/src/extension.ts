@@ -106,7 +106,8 @@ async function synthesize(): Promise<void> {
   }
   const doc = editor.document;
   let turns: string[];
-  let position: vscode.Position;
+  // Where the program goes: over the selected comment lines (each comment once, its code after it), or at the cursor.
+  let where: { range: object } | { position: object };
   if (!editor.selection.isEmpty) {
     const sel = editor.selection;
     const lastLine = sel.end.character === 0 && sel.end.line > sel.start.line ? sel.end.line - 1 : sel.end.line;
@@ -115,7 +116,10 @@ async function synthesize(): Promise<void> {
       lines.push(doc.lineAt(i).text);
     }
     turns = turnsFromLines(lines);
-    position = doc.lineAt(lastLine).range.end;
+    const end = doc.lineAt(lastLine).range.end;
+    where = {
+      range: { start: { line: sel.start.line, character: 0 }, end: { line: end.line, character: end.character } },
+    };
   } else {
     turns = [];
     for (;;) {
@@ -132,7 +136,8 @@ async function synthesize(): Promise<void> {
       }
       turns.push(turn.trim());
     }
-    position = editor.selection.active;
+    const position = editor.selection.active;
+    where = { position: { line: position.line, character: position.character } };
   }
   if (turns.length === 0) {
     vscode.window.showWarningMessage("CodeGen: no turns (select comment lines or type them one by one)");
@@ -140,7 +145,7 @@ async function synthesize(): Promise<void> {
   }
   const args = {
     textDocument: { uri: doc.uri.toString(), version: doc.version },
-    position: { line: position.line, character: position.character },
+    ...where,
     turns,
     insert: true,
   };
