@@ -260,11 +260,14 @@ def new_conversation(
     language_id = (language_id or "python").lower()
     lead = lead_for(text_before, language_id)
     inserted = lead[len(text_before) :] if lead.startswith(text_before) else lead
-    conv = Conversation(
-        engine=engine, language_id=language_id, lead=lead, inserted_lead=inserted, params=params
+    return Conversation(
+        engine=engine,
+        language_id=language_id,
+        lead=lead,
+        inserted_lead=inserted,
+        params=params,
+        indent=indent,
     )
-    conv.indent = indent
-    return conv
 
 
 def synthesize(
