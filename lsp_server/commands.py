@@ -56,6 +56,7 @@ async def status(server, args: list) -> dict:
             "lastReason": comp.last_reason.get(uri) if uri else dict(comp.last_reason),
         },
         "latency": comp.latencies(),
+        "acceptance": server.acceptance.status(),
         "openDocuments": len(server.documents),
     }
     return out

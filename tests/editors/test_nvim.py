@@ -267,6 +267,34 @@ def test_ghost_text_dismiss_trigger_and_accept_line_keys(nvim_bin, tmp_path, opt
     assert out["mode"] == "n" and out["ghost_after_esc"] is None
 
 
+def test_accept_word_then_accept_reports_acceptance_to_the_server(nvim_bin, tmp_path, opts):
+    body = """
+    local buf, client = H.open(DIR .. "/words.py", { "def add(a, b):", "    return a" })
+    H.type("A + b")
+    H.wait_for("ghost text", function() return H.ghost_text(buf) end, 60000)
+    H.out.shown = H.ghost_text(buf)
+    H.out.before = vim.api.nvim_get_current_line()
+    H.type("<C-Right>")
+    H.out.after_word = vim.api.nvim_get_current_line()
+    H.out.rest = H.ghost_text(buf) or vim.NIL
+    H.type("<M-l>")
+    H.out.after = H.lines(buf)
+    H.type("<Esc>")
+    H.sleep(200)
+    H.out.acceptance = H.execute(client, buf, "codegen.status", {}).acceptance
+    """
+    out = run_nvim(nvim_bin, tmp_path, body, opts)
+    shown = out["shown"]["text"]
+    word = re.match(r"\s*\w+|\s*[^\w\s]+|\s+", shown).group()
+    assert word and word != shown, shown
+    assert out["after_word"] == out["before"] + word
+    assert out["rest"]["text"] == shown[len(word) :]
+    assert "\n".join(out["after"]) == "def add(a, b):\n" + out["before"] + shown
+    (row,) = out["acceptance"]
+    assert row["shown"] >= 1 and row["accepted"] == 1 and row["partlyAccepted"] == 1, row
+    assert row["acceptedChars"] == len(shown), row
+
+
 def test_synthesize_command_replaces_the_selected_comments_with_the_program(nvim_bin, tmp_path, opts):
     body = """
     local buf, client = H.open(DIR .. "/synth.py", {
@@ -360,6 +388,10 @@ def test_checkhealth_names_the_model_the_builtin_stands_in_for(nvim_bin, tmp_pat
     local buf, client = H.open(DIR .. "/stand_in.py", { "x = 1" })
     H.type("A")
     H.out.item = H.inline_sync(client, buf)  -- the first request loads the model: the built-in one stands in
+    local status = require("codegen_lsp.status")
+    H.out.statusline = H.wait_for("the statusline to name the stand-in", function()
+      return status.statusline():find("instead of", 1, true) and status.statusline()
+    end, 30000)
     vim.cmd("checkhealth codegen_lsp")
     H.wait_for("the health report", function()
       return table.concat(H.lines(0), "\\n"):find("device:", 1, true)
@@ -372,3 +404,4 @@ def test_checkhealth_names_the_model_the_builtin_stands_in_for(nvim_bin, tmp_pat
     assert "WARNING" in line and "model: builtin, standing in:" in line, report
     assert "no-model" in line and "has no config.json" in line, report
     assert "OK device: cpu" in report, report
+    assert out["statusline"] == "codegen: builtin instead of no-model"

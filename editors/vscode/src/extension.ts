@@ -171,6 +171,35 @@ async function synthesize(): Promise<void> {
   );
 }
 
+// Acceptance statistics (local to the server): each inline item carries the server's `codegen.accepted {id}`
+// command, which VS Code runs when the item is accepted. A partial accept (a word, a line) reaches providers
+// only through the `inlineCompletionsAdditions` API proposal (VS Code run with --enable-proposed-api for this
+// extension); there the client's provider is given a handler reporting `codegen.partiallyAccepted`. Where
+// the proposal is not enabled VS Code refuses such a provider, and the plain one is registered.
+type PartialAcceptInfo = number | { acceptedLength: number };
+
+function reportPartialAccepts(): void {
+  const languages = vscode.languages as { registerInlineCompletionItemProvider: typeof vscode.languages.registerInlineCompletionItemProvider };
+  const register = languages.registerInlineCompletionItemProvider.bind(vscode.languages);
+  languages.registerInlineCompletionItemProvider = (selector, provider) => {
+    const withPartial = {
+      provideInlineCompletionItems: provider.provideInlineCompletionItems.bind(provider),
+      handleDidPartiallyAcceptCompletionItem(item: vscode.InlineCompletionItem, info: PartialAcceptInfo): void {
+        const id = (item.command?.arguments?.[0] as { id?: unknown } | undefined)?.id;
+        const acceptedLength = typeof info === "number" ? info : info?.acceptedLength;
+        if (typeof id === "string" && typeof acceptedLength === "number") {
+          executeServerCommand("codegen.partiallyAccepted", [{ id, acceptedLength }]).catch(() => undefined);
+        }
+      },
+    };
+    try {
+      return register(selector, withPartial);
+    } catch {
+      return register(selector, provider); // the API proposal is not enabled for this extension
+    }
+  };
+}
+
 function createClient(): LanguageClient {
   const { command, args } = serverCommand();
   const languages = vscode.workspace.getConfiguration(SECTION).get<string[]>("languages") ?? ["python"];
@@ -288,6 +317,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<{ clie
   statusItem.name = "CodeGen LSP";
   statusItem.command = "codegenLsp.showStatus";
   statusItem.show();
+  reportPartialAccepts();
   context.subscriptions.push(
     output,
     statusItem,
