@@ -51,6 +51,7 @@ async def status(server, args: list) -> dict:
             "modelCalls": comp.model_calls,
             "typedThroughHits": comp.typed_through_hits,
             "prefillsOnOpen": comp.prefills,
+            "prefetch": server.completer.prefetch.status(),
             "lastPrefillOnOpen": comp.last_prefill,
             "emptyReasons": dict(comp.empty),
             "lastReason": comp.last_reason.get(uri) if uri else dict(comp.last_reason),

@@ -163,6 +163,7 @@ def create_server() -> CodegenServer:
             for change in params.content_changes:
                 doc.apply_change(change, ls.position_encoding)
             doc.version = params.text_document.version
+            ls.completer.prefetch.edited(doc, params.content_changes, ls.position_encoding)
         except DocumentError as e:
             log_to_client(ls, f"codegen: {e}", types.MessageType.Warning)
 
