@@ -147,12 +147,7 @@ class Completer:
             out = self._fit(cached, line_suffix, start, end, lead, newline)
             out.source = "typed_through"
             return self._answer(uri, out, t0)
-        if kind == "inline" and (ahead := await self.prefetch.answer(uri, before)) is not None:
-            self.server.worker.supersede(job_key)
-            self.suggestions[uri] = Suggestion(before, ahead)
-            out = self._fit(ahead, line_suffix, start, end, lead, newline)
-            out.source = "prefetched"
-            self._prefetch_after(doc, None, before, lead, out)
+        if kind == "inline" and (out := await self._prefetched(doc, before, line_suffix, start, end, lead)):
             return self._answer(uri, out, t0)
 
         settings = self.server.settings
@@ -195,6 +190,23 @@ class Completer:
         if kind == "inline":
             self._prefetch_after(doc, entry, before, lead, out)
         return self._answer(uri, out, t0)
+
+    async def _prefetched(
+        self, doc: Document, before: str, line_suffix: str, start, end, lead
+    ) -> Outcome | None:
+        """The answer from the completion computed ahead for `before`; None when there is none."""
+        try:
+            ahead = await self.prefetch.answer(doc.uri, before)
+        except Superseded:
+            return Outcome(start=start, end=end, reason=SUPERSEDED)
+        if ahead is None:
+            return None
+        self.server.worker.supersede((doc.uri, "inline"))
+        self.suggestions[doc.uri] = Suggestion(before, ahead)
+        out = self._fit(ahead, line_suffix, start, end, lead, newline_of(doc.text))
+        out.source = "prefetched"
+        self._prefetch_after(doc, None, before, lead, out)
+        return out
 
     def _prefetch_after(self, doc: Document, entry, before: str, lead: str | None, out: Outcome) -> None:
         """Compute ahead what follows the answer `out` once it is accepted (the text before the cursor is

@@ -80,13 +80,16 @@ class Prefetcher:
 
     async def answer(self, uri: str, before: str) -> str | None:
         """The prefetched completion for `before` (waiting for the job when it computes exactly that text),
-        or None; a job that cannot serve `before` is stopped so the model call starts at once."""
+        or None; a job that cannot serve `before` is stopped so the model call starts at once. Superseded
+        when a newer request or an edit stopped the job this request waited for (this request is stale)."""
         job = self.current
         if job is None or job.uri != uri or not before.startswith(job.before):
             self.stop()
             return None
         if job.text is None and before == job.before and job.task is not None and not job.task.done():
             await asyncio.shield(job.task)
+            if self.current is not job:
+                raise Superseded("a newer request or edit stopped the prefetch this request waited for")
         typed = before[len(job.before) :]
         if job.text and len(typed) < len(job.text) and job.text.startswith(typed):
             self.hits += 1

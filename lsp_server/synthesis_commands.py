@@ -218,6 +218,8 @@ async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: _CancelHo
     def work(should_cancel) -> syn.TurnResult:
         return conv.turn(prompt, lambda: should_cancel() or hook.event.is_set())
 
+    server.completer.prefetch.stop()  # a request goes before any prefetch
+
     return await server.worker.submit(conv.session_key, work)
 
 

@@ -84,3 +84,40 @@ async def test_prefetch_setting_is_validated(start_server, codegen_checkpoint):
     set_off = types.DidChangeConfigurationParams(settings={"codegen": {"prefetch": False}})
     client.workspace_did_change_configuration(set_off)
     assert (await status(client))["settings"]["prefetch"] is False
+
+
+async def line_then_rest(client, uri: str, text: str) -> tuple[list[str], dict]:
+    """Ask; accept the first line of the (multi-line) answer; ask; accept the rest; ask."""
+    open_doc(client, uri, text)
+    answers, version = [], 1
+    for k in range(3):
+        lines = text.split("\n")
+        line, character = len(lines) - 1, len(lines[-1])
+        got = text_of(await inline(client, uri, line, character, automatic=False))
+        answers.append(got)
+        if k == 2:
+            break
+        take = got[: got.index("\n", 1) + 1] if k == 0 else got  # the first line with its line break
+        version += 1
+        change(client, uri, version, (line, character), (line, character), take)
+        text += take
+    return answers, (await status(client))["completions"]
+
+
+@pytest.mark.asyncio
+async def test_accepting_one_line_then_the_rest_needs_no_model_call(start_server):
+    """The built-in model writes multi-line code: one line accepted is answered by the rest of the suggestion
+    (typed through), the rest accepted by the prefetched completion, equal to a fresh call's."""
+    model = {"model": "builtin", "maxNewTokens": 32, "completionMode": "block", "prefillOnOpen": False}
+    fresh = await start_server({**model, "prefetch": False})
+    ahead = await start_server(model)
+    text = "def fib(n):\n"
+    want, comp_f = await line_then_rest(fresh, "file:///fib-fresh.py", text)
+    first, rest, after = want
+    assert "\n" in first.strip("\n"), f"the built-in model wrote one line only: {first!r}"
+    assert first.endswith(rest) and rest != first and after
+    got, comp_a = await line_then_rest(ahead, "file:///fib-ahead.py", text)
+    assert got == want
+    assert comp_f["modelCalls"] == 2 and comp_f["typedThroughHits"] == 1
+    assert comp_a["modelCalls"] == 1 and comp_a["typedThroughHits"] == 1
+    assert comp_a["prefetch"]["hits"] == 1
