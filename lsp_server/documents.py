@@ -52,10 +52,6 @@ class Document:
     def line_count(self) -> int:
         return len(self._starts)
 
-    def line(self, n: int) -> str:
-        """Line `n` without its line break."""
-        return self.text[self._starts[n] : self._ends[n]]
-
     def offset_at(self, line: int, character: int, encoding: str = "utf-16") -> tuple[int, bool]:
         """(string index, clamped?) of an LSP position; past-the-end lines/characters clamp to the end."""
         if line >= len(self._starts):

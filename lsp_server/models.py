@@ -236,8 +236,6 @@ class ModelManager:
 
 
 def _is_load_error(e: Exception) -> bool:
-    try:
-        from inference.errors import ModelLoadError
-    except ImportError:  # pragma: no cover
-        return False
+    from inference.errors import ModelLoadError
+
     return isinstance(e, ModelLoadError)
