@@ -138,7 +138,8 @@ def _selected_lines(server, doc, rng) -> tuple[int, types.Range, str]:
     else:
         stop = types.Position(*doc.position_at(len(doc.text), server.position_encoding))
     offset, _ = doc.offset_at(first, 0)
-    lines = [doc.line(n) for n in range(first, last + 1) if doc.line(n).strip()] or [""]
+    end_offset, _ = doc.offset_at(stop.line, stop.character, server.position_encoding)
+    lines = [line for line in doc.text[offset:end_offset].splitlines() if line.strip()] or [""]
     indent = lines[0][: len(lines[0]) - len(lines[0].lstrip(" \t"))]  # the first comment's
     return offset, types.Range(start=types.Position(line=first, character=0), end=stop), indent
 
