@@ -4,9 +4,10 @@ and model. Nothing leaves the machine; `codegen.status` shows the figures.
 Each inline item the server answers carries the command `codegen.accepted {id}`, which the client runs when
 the user accepts it (LSP InlineCompletionItem.command); clients that accept a part (a word, a line) report
 `codegen.partiallyAccepted {id, acceptedLength}` (the length accepted so far, in characters). "Shown" counts
-the items answered: the server cannot see whether the client drew them. Memory is bounded: the ids of the
-last MAX_SHOWN items are kept (an older id is unknown and ignored), and the last MAX_LATENCIES latencies of
-accepted items per row.
+the suggestions answered (the server cannot see whether the client drew them); the rest of a suggestion
+answered again while the user types through it is the same suggestion, with the same id. Memory is bounded:
+the ids of the last MAX_SHOWN items are kept (an older id is unknown and ignored), and the last MAX_LATENCIES
+latencies of accepted items per row.
 """
 
 from __future__ import annotations
@@ -81,15 +82,25 @@ class Acceptance:
         self._items: collections.OrderedDict[str, _Item] = collections.OrderedDict()
         self._rows: dict[tuple[str, str], Row] = {}
         self._ids = itertools.count(1)
+        self._last: collections.OrderedDict[str, str] = collections.OrderedDict()  # document -> last id
 
-    def shown(self, language: str, model: str, chars: int, latency_ms: float) -> str:
+    def shown(self, language: str, model: str, chars: int, latency_ms: float, uri: str = "") -> str:
         """Record a suggestion answered to the client; its id for the acceptance command."""
         item_id = f"s{next(self._ids)}"
         self._items[item_id] = _Item((language, model), chars, latency_ms)
+        self._last[uri] = item_id
+        self._last.move_to_end(uri)
         while len(self._items) > self.max_shown:
             self._items.popitem(last=False)
+        while len(self._last) > self.max_shown:
+            self._last.popitem(last=False)
         self._row(item_id).shown += 1
         return item_id
+
+    def last_shown(self, uri: str) -> str | None:
+        """The id of the last suggestion shown in a document, while it is remembered."""
+        item_id = self._last.get(uri)
+        return item_id if item_id in self._items else None
 
     def accepted(self, item_id: str) -> bool:
         """The user took the whole suggestion; False for an unknown (or forgotten) id."""
@@ -133,10 +144,13 @@ class Acceptance:
 
 def item_command(server, doc, out, offset: int) -> types.Command:
     """Record an inline answer as shown; the command the client runs when the user accepts it."""
-    entry = server.models.loaded_for(doc.language_id)
-    model = entry.name if entry is not None else server.settings.model_for(doc.language_id)
-    chars = max(0, len(out.text) - max(0, offset - out.start))  # what it adds after the cursor
-    item_id = server.acceptance.shown(doc.language_id, model, chars, out.latency_ms)
+    acc = server.acceptance
+    item_id = acc.last_shown(doc.uri) if out.source == "typed_through" else None
+    if item_id is None:
+        entry = server.models.loaded_for(doc.language_id)
+        model = entry.name if entry is not None else server.settings.model_for(doc.language_id)
+        chars = max(0, len(out.text) - max(0, offset - out.start))  # what it adds after the cursor
+        item_id = acc.shown(doc.language_id, model, chars, out.latency_ms, doc.uri)
     return types.Command(title="codegen: accepted", command=ACCEPTED, arguments=[{"id": item_id}])
 
 

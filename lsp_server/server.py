@@ -58,7 +58,7 @@ class CodegenServer(LanguageServer):
         self.completer = Completer(self)
         self.acceptance = acceptance.Acceptance()  # shown / accepted suggestions (codegen.status)
         self.shutdown_requested = False
-        self.background: set[asyncio.Task] = set()  # prefill-on-open tasks (kept referenced until done)
+        self.background: set[asyncio.Task] = set()  # prefill-on-open, prefetch tasks (referenced until done)
         self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (LSP)
 
     @property

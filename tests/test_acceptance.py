@@ -37,3 +37,12 @@ def test_rows_per_language_and_model_and_latency_percentiles():
     assert rows["python", "b"]["shown"] == 1 and rows["python", "b"]["accepted"] == 0
     assert percentile([7.0], 50) == 7.0
     assert MAX_LATENCIES >= 100
+
+
+def test_last_shown_per_document():
+    acc = Acceptance(max_shown=2)
+    a = acc.shown("python", "m", 3, 1.0, "file:///a.py")
+    assert acc.last_shown("file:///a.py") == a and acc.last_shown("file:///b.py") is None
+    acc.shown("python", "m", 3, 1.0, "file:///b.py")
+    acc.shown("python", "m", 3, 1.0, "file:///c.py")
+    assert acc.last_shown("file:///a.py") is None  # its item is forgotten

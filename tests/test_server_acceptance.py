@@ -8,7 +8,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from tests.conftest import inline, open_doc, status
+from tests.conftest import change, inline, open_doc, status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 OPTIONS = {
@@ -83,3 +83,15 @@ async def test_bad_acceptance_arguments_are_clear_errors(client, name, args, mes
     with pytest.raises(JsonRpcException, match=message):
         await run(client, name, *args)
     assert (await status(client))["version"]
+
+
+async def test_typing_through_a_suggestion_keeps_its_id(client):
+    uri = "file:///through.py"
+    open_doc(client, uri, "def g(a, b):\n    return ")
+    (first,) = await inline(client, uri, 1, 11, automatic=False)
+    before = row_of(await status(client), "python")["shown"]
+    change(client, uri, 2, (1, 11), (1, 11), first.insert_text[0])
+    (rest,) = await inline(client, uri, 1, 12, automatic=False)
+    assert rest.insert_text == first.insert_text[1:]  # typed through: the same suggestion
+    assert rest.command.arguments == first.command.arguments
+    assert row_of(await status(client), "python")["shown"] == before
