@@ -38,6 +38,7 @@ class Settings:
     context_window: int = 0
     debounce_ms: int = 0
     prefill_on_open: bool = True
+    prefetch: bool = True
     completion_mode: dict[str, str] = field(default_factory=default_modes)
     stop_patterns: dict[str, list[str]] = field(default_factory=dict)
     language_models: dict[str, Any] = field(default_factory=dict)  # name, or {"remote": {...}}
@@ -176,6 +177,7 @@ VALIDATORS = {
     "context_window": _int(0, 1 << 20),
     "debounce_ms": _int(0, 5000),
     "prefill_on_open": _bool,
+    "prefetch": _bool,
     "completion_mode": _modes,
     "stop_patterns": _patterns,
     "language_models": _models,

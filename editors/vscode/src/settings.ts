@@ -14,6 +14,7 @@ export const SCALAR_SETTINGS = [
   "contextWindow",
   "debounceMs",
   "prefillOnOpen",
+  "prefetch",
   "cacheBudgetMb",
   "modelMemoryBudgetMb",
   "logLevel",
