@@ -39,21 +39,31 @@ class Settings:
     debounce_ms: int = 0
     max_latency_ms: int = 1000  # 0 = none; past it a completion ends at its next line end (time_budget)
     prefill_on_open: bool = True
+    prefetch: bool = True
     completion_mode: dict[str, str] = field(default_factory=default_modes)
     stop_patterns: dict[str, list[str]] = field(default_factory=dict)
-    language_models: dict[str, str] = field(default_factory=dict)
+    language_models: dict[str, Any] = field(default_factory=dict)  # name, or {"remote": {...}}
     cache_budget_mb: int = 512
     model_memory_budget_mb: int = 0
     log_level: str = "info"
     synthesis_idle_seconds: float = 600.0
+    remote: dict = field(default_factory=dict)  # {} = local; else {"url", "model", ...}: lsp_server/remote.py
 
     def mode_for(self, language: str) -> str:
         """The completion mode of one language."""
         return self.completion_mode.get(language, self.completion_mode.get("*", "block"))
 
     def model_for(self, language: str) -> str:
-        """The model name that serves one language."""
-        return self.language_models.get(language, self.model)
+        """The local model name that serves one language (when it is not served remotely)."""
+        m = self.language_models.get(language, self.model)
+        return m if isinstance(m, str) else self.model
+
+    def remote_for(self, language: str) -> dict | None:
+        """The remote server that serves one language, or None when a local model does."""
+        m = self.language_models.get(language)
+        if isinstance(m, dict):
+            return m["remote"]
+        return None if m is not None else (self.remote or None)
 
 
 def to_snake(name: str) -> str:
@@ -140,12 +150,22 @@ def _patterns(v: Any) -> dict[str, list[str]]:
     return out
 
 
-def _models(v: Any) -> dict[str, str]:
+def _models(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict) or not all(
-        isinstance(k, str) and isinstance(m, str) and m for k, m in v.items()
+        isinstance(k, str) and (isinstance(m, str) and m or isinstance(m, dict) and set(m) == {"remote"})
+        for k, m in v.items()
     ):
-        raise ValueError(f"expected an object {{language: model}}, got {v!r}")
-    return dict(v)
+        raise ValueError(f'expected an object {{language: model or {{"remote": {{...}}}}}}, got {v!r}')
+    return {
+        k: m if isinstance(m, str) else {"remote": _remote(m["remote"], allow_off=False)}
+        for k, m in v.items()
+    }
+
+
+def _remote(v: Any, allow_off: bool = True) -> dict:
+    from lsp_server.remote import RemoteSpec
+
+    return {} if v == {} and allow_off else RemoteSpec.from_dict(v).to_dict()
 
 
 VALIDATORS = {
@@ -159,6 +179,7 @@ VALIDATORS = {
     "debounce_ms": _int(0, 5000),
     "max_latency_ms": _int(0, 600_000),
     "prefill_on_open": _bool,
+    "prefetch": _bool,
     "completion_mode": _modes,
     "stop_patterns": _patterns,
     "language_models": _models,
@@ -166,6 +187,7 @@ VALIDATORS = {
     "model_memory_budget_mb": _int(0, 1 << 24),
     "log_level": _choice(LOG_LEVELS),
     "synthesis_idle_seconds": _float(0.1, 86400.0),
+    "remote": _remote,
 }
 assert set(VALIDATORS) == {f.name for f in dataclasses.fields(Settings)}
 

@@ -15,12 +15,13 @@ export const SCALAR_SETTINGS = [
   "debounceMs",
   "maxLatencyMs",
   "prefillOnOpen",
+  "prefetch",
   "cacheBudgetMb",
   "modelMemoryBudgetMb",
   "logLevel",
 ] as const;
 // Sent only when the user set them, so the server's per-language defaults stay in force otherwise.
-export const OPTIONAL_SETTINGS = ["completionMode", "stopPatterns", "languageModels"] as const;
+export const OPTIONAL_SETTINGS = ["completionMode", "stopPatterns", "languageModels", "remote"] as const;
 
 /** The server settings from `codegenLsp.*`, camelCase, as initialization options / didChangeConfiguration. */
 export function serverSettings(): Record<string, unknown> {
