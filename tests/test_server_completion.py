@@ -14,6 +14,7 @@ from lsprotocol import types
 
 from inference.engine import GenerationParams
 from lsp_server import postprocess
+from tests.checkpoints import make_codegen_checkpoint
 from tests.conftest import Servers, change, inline, inline_params, open_doc, status
 
 MAX_NEW = 12
@@ -148,9 +149,12 @@ async def test_burst_of_keystrokes_supersedes_and_ends_like_a_single_request(cli
     assert [i.insert_text for i in last] == [i.insert_text for i in single]
 
 
-async def test_cancel_request_stops_the_computation(own_server):
-    # float32: 200 decode steps of this model take ~0.2 s, long enough to cancel (int8 may finish first)
-    client = await own_server(maxNewTokens=200, dtype="float32")
+async def test_cancel_request_stops_the_computation(own_server, tmp_path):
+    # A model whose 900 decode steps (float32 lm_head of 52 MB each, free mode: no stop pattern) take
+    # seconds, so the cancel always arrives mid-computation (200 steps of the tiny one ended within 50 ms).
+    path = make_codegen_checkpoint(tmp_path, n_layer=2, n_embd=256, n_head=4, rotary_dim=8, n_positions=1024)
+    opts = {"model": str(path), "dtype": "float32", "maxNewTokens": 900, "maxLatencyMs": 0, "prefetch": False}
+    client = await own_server(**opts, completionMode="free")
     open_doc(client, "file:///warm.py", "x = 1\n")
     await inline(client, "file:///warm.py", 1, 0)  # warm up: loads the model
     uri = "file:///cancel.py"
