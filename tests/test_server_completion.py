@@ -128,6 +128,7 @@ async def test_burst_of_keystrokes_supersedes_and_ends_like_a_single_request(cli
     open_doc(client, uri, "def compute(values):\n    ")
     typed = "total = sum(v * 2 for v in values) + offset_value_1"[:50]
     assert len(typed) == 50
+    started = (await status(client))["worker"]["started"]  # the module's earlier tests share this server
     pending = []
     for i, ch in enumerate(typed):
         change(client, uri, i + 2, (1, 4 + i), (1, 4 + i), ch)
@@ -141,7 +142,7 @@ async def test_burst_of_keystrokes_supersedes_and_ends_like_a_single_request(cli
     w = st["worker"]
     assert w["max_running_per_key"] == 1 and w["max_running"] == 1
     assert w["superseded"] >= 1 and st["completions"]["emptyReasons"].get("superseded", 0) >= 1
-    assert w["started"] < 50  # superseded requests mostly never reach the model
+    assert w["started"] - started < 50  # superseded requests mostly never reach the model
     final_text = "def compute(values):\n    " + typed
     open_doc(client, "file:///burst-single.py", final_text)
     single = await inline(client, "file:///burst-single.py", 1, 4 + 50)
