@@ -37,6 +37,7 @@ SUFFIX_ONLY = "suffix_only"  # the completion only repeated the text after the c
 CONTEXT_FULL = "context_full"  # no room left in the model's window
 MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
 ERROR = "error"  # an unexpected error (logged with its traceback)
+DOCUMENT_CHANGED = "document_changed"  # the document was edited or closed while the answer was computed
 
 
 @dataclass
@@ -176,11 +177,18 @@ class Completer:
         completion = postprocess.trim(result.text, patterns)
         self.record(result, t0)
         if completion:
-            self.suggestions[uri] = Suggestion(before, completion)
+            self.suggestions[uri] = Suggestion(before, completion)  # kept: the next keystroke types through
         else:
             self.suggestions.pop(uri, None)
             return self._answer(uri, Outcome(start=start, end=end, reason=self.why_empty(result)), t0)
+        if self.moved(doc):
+            return self._answer(uri, Outcome(start=start, end=end, reason=DOCUMENT_CHANGED), t0)
         return self._answer(uri, self._fit(completion, line_suffix, start, end, lead, newline), t0)
+
+    def moved(self, snap: Document) -> bool:
+        """Whether the live document is no longer the text `snap` was taken from (edited or closed)."""
+        live = self.server.documents.find(snap.uri)
+        return live is None or live.version != snap.version or live.text is not snap.text
 
     def generator(self, uri: str, entry, before: str, patterns: list[str]):
         """The function the worker runs: cut the prompt, then generate in the document's session."""

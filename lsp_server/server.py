@@ -87,9 +87,13 @@ def set_log_level(level: str) -> None:
 
 
 def doc_offset(ls: CodegenServer, uri: str, position: types.Position):
-    """(document, string offset) of a request position; InvalidParams for an unknown document."""
+    """(snapshot of the document, string offset) of a request position; InvalidParams for an unknown one.
+
+    The request works on the snapshot taken as it arrives: its answer's ranges are relative to that text, or
+    the completer answers empty (`document_changed`) when the document moved on before the answer was ready.
+    """
     try:
-        doc = ls.documents.get(uri)
+        doc = ls.documents.get(uri).snapshot()
     except DocumentError as e:
         raise JsonRpcInvalidParams(str(e)) from None
     offset, clamped = doc.offset_at(position.line, position.character, ls.position_encoding)
