@@ -123,7 +123,8 @@ class RawServer:
         self.notify("textDocument/didChange", params)
 
     async def status(self, *args) -> dict:
-        answer = await self.call("workspace/executeCommand", {"command": "codegen.status", "arguments": list(args)})
+        params = {"command": "codegen.status", "arguments": list(args)}
+        answer = await self.call("workspace/executeCommand", params)
         return answer["result"]
 
     def shown(self) -> list[str]:
