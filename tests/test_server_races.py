@@ -1,4 +1,4 @@
-"""Requests answer against the text they arrived on: an edit while they compute never breaks or shifts them."""
+"""Requests answer against the text they arrived on: an edit while they compute never breaks them."""
 
 from __future__ import annotations
 
