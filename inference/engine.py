@@ -67,6 +67,11 @@ class Engine:
             self.sessions.pop(key, None)
             self.pool.drop(key)
 
+    def set_cache_budget(self, budget_bytes: int) -> None:
+        """Resize the KV-cache pool (frees the least recently used caches beyond the new budget)."""
+        with self._lock:
+            self.pool.resize(budget_bytes)
+
     def clear_cache(self) -> None:
         """Free every KV cache; sessions start from scratch next time."""
         with self._lock:

@@ -30,6 +30,7 @@ from lsp_server import synthesis as syn
 from lsp_server.commands import command
 from lsp_server.documents import DocumentError
 from lsp_server.progress import Progress
+from lsp_server.settings import OPTIONS, check
 
 log = logging.getLogger(__name__)
 REQUEST_FAILED = -32803  # LSP ErrorCodes.RequestFailed
@@ -63,17 +64,21 @@ def _sampling(obj: dict, n_positions: int, settings) -> Sampling:
         out.max_new_tokens = syn.validate_max_new_tokens(obj["maxNewTokensPerTurn"], n_positions)
     else:
         out.max_new_tokens = min(out.max_new_tokens, n_positions - 1)
-    t = obj.get("temperature", out.temperature)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 5.0:
-        raise syn.SynthesisError(f"temperature must be a number from 0 to 5, got {t!r}")
-    p = obj.get("topP", out.top_p)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-        raise syn.SynthesisError(f"topP must be a number in (0, 1], got {p!r}")
+    t = _setting(obj, "temperature", out.temperature)
+    p = _setting(obj, "topP", out.top_p)
     seed = obj.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise syn.SynthesisError(f"seed must be an integer, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise syn.SynthesisError(f"seed must be an integer from 0 to 2^64 - 1, got {seed!r:.40}")
     out.temperature, out.top_p, out.seed = float(t), float(p), seed
     return out
+
+
+def _setting(obj: dict, key: str, default):
+    """obj[key] checked against the settings table's type and bounds for that key."""
+    try:
+        return check(OPTIONS[key], obj.get(key, default))
+    except ValueError as e:
+        raise syn.SynthesisError(f"{key} must be a valid value: {e}") from None
 
 
 def _params(s: Sampling):
