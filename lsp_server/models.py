@@ -104,7 +104,7 @@ class ModelManager:
                 entry.stands_in_for = None
 
     def _resize_caches(self, budget: int) -> None:
-        """Every engine's cache pool to `budget` bytes, on the inference thread (it holds the engine's lock)."""
+        """Every engine's cache pool to `budget` bytes, on the inference thread (it takes the engine lock)."""
         engines = [e.engine for e in self.entries.values()]
         if engines:
             off_loop(self.worker, lambda: [e.set_cache_budget(budget) for e in engines])

@@ -28,7 +28,7 @@ def init_bytes(options_json: str, msg_id: int = 1) -> bytes:
 
 
 async def test_infinity_in_initialization_options_is_rejected_by_key(raw, codegen_checkpoint):
-    """17.5: `maxNewTokens: 1e999` made initialize fail with -32603 OverflowError: the server could not start."""
+    """17.5: `maxNewTokens: 1e999` made initialize fail (-32603 OverflowError): the server could not start."""
     model = json.dumps(str(codegen_checkpoint))
     raw.write(init_bytes(f'{{"model": {model}, "maxNewTokens": 1e999, "temperature": 0.25}}'))
     answer = await raw.answer(1)

@@ -126,7 +126,7 @@ def test_non_finite_and_huge_numbers_are_rejected_with_the_key(key, value):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
 def test_a_device_this_machine_lacks_is_rejected(device):
-    """17.5: `cuda` without a GPU was accepted; the model was unloaded and every completion came back empty."""
+    """17.5: `cuda` without a GPU was accepted; the model was unloaded, every completion empty."""
     s, errors = update(Settings(device="cpu"), {"device": device})
     assert s.device == "cpu" and len(errors) == 1 and "device" in errors[0] and "not available" in errors[0]
 
@@ -167,7 +167,7 @@ def test_vscode_configuration_is_generated_from_the_settings_table():
 
 
 def test_vscode_sends_every_server_setting():
-    """editors/vscode/src/settings.ts lists the table's keys: scalars always, objects when the user set them."""
+    """editors/vscode/src/settings.ts lists the table keys: scalars always, objects when set."""
     ts = (settings_docs.ROOT / "editors/vscode/src/settings.ts").read_text(encoding="utf-8")
 
     def names(const: str) -> list[str]:
