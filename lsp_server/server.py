@@ -11,10 +11,9 @@ import sys
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
-from pygls.protocol.language_server import lsp_method
 
 from inference.worker import Worker
+from lsp_server import jsonrpc
 from lsp_server import settings as settings_mod
 from lsp_server.commands import COMMANDS
 from lsp_server.completion import KINDS, Completer
@@ -29,27 +28,11 @@ TRIGGER_CHARACTERS = [".", "(", ","]  # clients that autotrigger only on these (
 ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
 
 
-class CodegenProtocol(LanguageServerProtocol):
-    """Document sync goes to our own store (exact UTF-8/16/32 positions, CRLF, invalid-range checks)."""
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
-    def lsp_text_document__did_open(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_OPEN], (params,), None
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_CHANGE], (params,), None
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
-    def lsp_text_document__did_close(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_CLOSE], (params,), None
-
-
 class CodegenServer(LanguageServer):
     """Server state: settings, documents, models, the inference worker and the completer."""
 
     def __init__(self) -> None:
-        super().__init__("codegen-lsp", VERSION, protocol_cls=CodegenProtocol)
+        super().__init__("codegen-lsp", VERSION, protocol_cls=jsonrpc.CodegenProtocol)
         self.settings = settings_mod.Settings()
         self.documents = Documents()
         self.worker = Worker()
@@ -61,7 +44,10 @@ class CodegenServer(LanguageServer):
 
     @property
     def position_encoding(self) -> str:
-        enc = self.workspace.position_encoding if self.protocol._workspace is not None else None
+        try:
+            enc = self.workspace.position_encoding
+        except RuntimeError:  # before initialize: pygls has no workspace yet
+            enc = None
         return ENCODINGS.get(str(getattr(enc, "value", enc)), "utf-16")
 
     def apply_settings(self, raw) -> None:
@@ -78,6 +64,9 @@ class CodegenServer(LanguageServer):
     def shutdown(self) -> None:
         self.worker.close()
         super().shutdown()
+
+    def report_server_error(self, error: Exception, source) -> None:
+        jsonrpc.report_error(self, error, source)
 
 
 def set_log_level(level: str) -> None:
@@ -258,11 +247,11 @@ def serve(args) -> int:
     try:
         if getattr(args, "tcp", False):
             host, port = getattr(args, "host", None) or "127.0.0.1", getattr(args, "port", None) or 2087
-            ls.start_tcp(host, int(port))
+            jsonrpc.serve_tcp(ls, host, int(port))
         else:
             stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
             sys.stdout = sys.stderr  # a stray print() must never corrupt the protocol stream
-            ls.start_io(stdin, stdout)
+            jsonrpc.serve_stdio(ls, stdin, stdout)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     finally:

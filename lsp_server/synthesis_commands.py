@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
+from lsp_server import jsonrpc
 from lsp_server import synthesis as syn
 from lsp_server.commands import command
 from lsp_server.documents import DocumentError
@@ -125,34 +125,6 @@ async def _engine_for(server, language: str):
     return entry.engine, entry.loaded.config.n_positions
 
 
-class _CancelHook:
-    """Stands in for a request's future in pygls' table: `$/cancelRequest` then stops the turns at the next
-    decode step and the request still answers, with the turns finished so far."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def cancel(self) -> bool:
-        self.event.set()
-        return False
-
-    def done(self) -> bool:
-        return self.event.is_set()
-
-
-def _cancel_hook(server) -> _CancelHook:
-    """Route `$/cancelRequest` for the current request to a flag (the default would drop the answer)."""
-    hook = _CancelHook()
-    proto = server.protocol
-    msg_id = proto.msg_id
-    if msg_id is not None:
-        if msg_id in proto._request_futures:
-            proto._request_futures[msg_id] = hook
-        else:  # cancelled before this handler ran: pygls has answered already, so do no work
-            hook.event.set()
-    return hook
-
-
 def store(server) -> syn.ConversationStore:
     """The server's conversation store, idle time from the settings."""
     st = getattr(server, "synthesis_store", None)
@@ -187,7 +159,7 @@ async def expire(server) -> None:
     st.timer = loop.call_at(due, fire)
 
 
-async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: _CancelHook) -> syn.TurnResult:
+async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: jsonrpc.CancelFlag) -> syn.TurnResult:
     def work(should_cancel) -> syn.TurnResult:
         return conv.turn(prompt, lambda: should_cancel() or hook.event.is_set())
 
@@ -232,7 +204,7 @@ async def _apply(server, doc, version: int, position: types.Position, program: s
 async def synthesize(server, args: list) -> dict:
     """Every turn on one session; optional insertion at the position with one versioned edit."""
     obj = _object(args, "codegen.synthesize")
-    hook = _cancel_hook(server)
+    hook = jsonrpc.cancel_flag(server)
     try:
         turns = syn.validate_turns(obj.get("turns"))
         doc, offset, position = _document_and_offset(server, obj)
@@ -310,7 +282,7 @@ async def turn(server, args: list) -> dict:
             raise syn.SynthesisError(f"conversation {conv.id} is still answering its previous turn")
     except syn.SynthesisError as e:
         raise _fail(str(e)) from None
-    hook = _cancel_hook(server)
+    hook = jsonrpc.cancel_flag(server)
     conv.busy = True
     try:
         result = await _run_turn(server, conv, prompt, hook)
