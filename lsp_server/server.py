@@ -18,7 +18,7 @@ from lsp_server import settings as settings_mod
 from lsp_server.commands import COMMANDS
 from lsp_server.completion import KINDS, Completer
 from lsp_server.documents import DocumentError, Documents
-from lsp_server.models import ModelManager
+from lsp_server.models import ModelManager, off_loop
 from lsp_server.progress import log_to_client, show
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ def create_server() -> CodegenServer:
         ls.completer.stop_prefill(uri)
         for kind in KINDS:
             ls.worker.supersede((uri, kind))
-        for entry in ls.models.entries.values():
-            entry.engine.drop_session(uri)
+        engines = [entry.engine for entry in ls.models.entries.values()]
+        off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in engines])  # never on the loop
 
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):
