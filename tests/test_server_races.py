@@ -50,3 +50,17 @@ async def test_inline_completion_when_a_line_is_inserted_above(raw):
     assert (await raw.status(URI))["completions"]["lastReason"] is None, answer
     item = answer["result"]["items"][0]
     assert item["range"]["start"] == position(5, 11)
+
+
+async def test_a_lone_surrogate_in_the_document_is_completed_around(raw):
+    """17.8: `TypeError: TextInputSequence must be str` from the tokenizer; every answer was empty (error)."""
+    uri = "file:///surrogate.py"
+    raw.open(uri, "s = '\ud83d'\nx = 1\n")
+    answer = await raw.call(
+        "textDocument/inlineCompletion",
+        {"textDocument": {"uri": uri}, "position": position(2, 0), "context": {"triggerKind": 1}},
+    )
+    assert "result" in answer
+    assert (await raw.status(uri))["completions"]["lastReason"] != "error"
+    for item in answer["result"]["items"]:
+        assert item["range"]["start"] == position(2, 0)  # positions count the surrogate as one UTF-16 unit
