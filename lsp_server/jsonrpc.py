@@ -214,9 +214,22 @@ class Dispatcher:
 
 
 async def pump(dispatcher: Dispatcher, read: Callable[[int], Awaitable[bytes]]) -> None:
-    """Feed the dispatcher until the stream ends."""
-    while data := await read(READ_CHUNK):
-        dispatcher.feed(data)
+    """Feed the dispatcher until the stream ends or `exit` (SystemExit from pygls) stops the session."""
+    loop = asyncio.get_running_loop()
+    closing = False
+
+    def on_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        if closing:  # requests still in flight are cancelled at exit: their callbacks' errors are expected
+            log.debug("after exit: %s", context.get("message"))
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(on_error)
+    try:
+        while data := await read(READ_CHUNK):
+            dispatcher.feed(data)
+    finally:
+        closing = True
 
 
 def stdin_reader(stdin) -> Callable[[int], Awaitable[bytes]]:
