@@ -99,10 +99,12 @@ class Completer:
         else:
             self.windows.pop(uri, None)
             self.suggestions.pop(uri, None)
+            self.stats.last_reason.pop(uri, None)
 
     def _answer(self, uri: str, out: Outcome, t0: float) -> Outcome:
         out.latency_ms = (time.perf_counter() - t0) * 1000
-        self.stats.last_reason[uri] = out.reason
+        if uri in self.server.documents:  # kept for open documents only (a closed one's is dropped)
+            self.stats.last_reason[uri] = out.reason
         if out.reason:
             self.stats.empty[out.reason] += 1
             quiet = out.reason in (SUPERSEDED, CANCELLED, MID_WORD)  # routine while typing

@@ -38,19 +38,20 @@ READ_CHUNK = 1 << 16
 
 class CodegenProtocol(LanguageServerProtocol):
     """Document sync goes to our own store (exact UTF-8/16/32 positions, CRLF, invalid-range checks), not to
-    pygls' workspace: these override pygls' built-in handlers and call ours directly."""
+    pygls' workspace: these override pygls' built-in handlers and call ours directly (plain functions: pygls
+    runs a generator handler through a future it files in its request table)."""
 
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_OPEN], (params,), None
+        self.fm.features[types.TEXT_DOCUMENT_DID_OPEN](params)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
     def lsp_text_document__did_change(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_CHANGE], (params,), None
+        self.fm.features[types.TEXT_DOCUMENT_DID_CHANGE](params)
 
     @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
     def lsp_text_document__did_close(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_CLOSE], (params,), None
+        self.fm.features[types.TEXT_DOCUMENT_DID_CLOSE](params)
 
 
 class SafeWriter:
@@ -157,8 +158,9 @@ def invalid_params(error: Exception) -> str:
 class Dispatcher:
     """Checks each body and hands it to pygls, or answers it with the error."""
 
-    def __init__(self, protocol) -> None:
+    def __init__(self, protocol, on_request: Callable[[object], object] | None = None) -> None:
         self.protocol = protocol
+        self.on_request = on_request  # called with each request as it arrives, before any later message
         self.state = Lifecycle()
         self.parser = FrameParser()
 
@@ -210,7 +212,20 @@ class Dispatcher:
             return
         if method is not None:
             self.state.dispatched(method)
+        if is_request and self.on_request is not None:
+            self.on_request(message)  # context variables it sets are inherited by the handler's task
         self.protocol.handle_message(message)
+        prune_request_table(self.protocol)
+
+
+def prune_request_table(protocol) -> None:
+    """Drop finished futures from pygls' request table. pygls files every generator- or coroutine-run
+    handler of a notification there under a fresh uuid and never removes it (1-3 KB per keystroke: a
+    concurrent Future with its lock, the uuid); a finished future there serves nothing (an answer pops its
+    own entry first, a cancel of a finished one is a no-op)."""
+    table = protocol._request_futures
+    for key in [k for k, future in table.items() if future.done()]:
+        del table[key]
 
 
 async def pump(dispatcher: Dispatcher, read: Callable[[int], Awaitable[bytes]]) -> None:
@@ -257,7 +272,7 @@ def serve_stdio(ls, stdin, stdout) -> None:
     ls.protocol.set_writer(stdout_writer(stdout))
 
     async def main() -> None:
-        await pump(Dispatcher(ls.protocol), stdin_reader(stdin))
+        await pump(Dispatcher(ls.protocol, ls.on_request), stdin_reader(stdin))
 
     asyncio.run(main())
 
@@ -271,7 +286,7 @@ def serve_tcp(ls, host: str, port: int) -> None:
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             ls.protocol.set_writer(SafeWriter(writer.write, writer.close))
             try:
-                await pump(Dispatcher(ls.protocol), reader.read)
+                await pump(Dispatcher(ls.protocol, ls.on_request), reader.read)
             finally:
                 done.set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import logging
 import os
@@ -22,6 +23,7 @@ from lsp_server.models import ModelManager, off_loop
 from lsp_server.progress import log_to_client, show
 
 log = logging.getLogger(__name__)
+ARRIVED: contextvars.ContextVar = contextvars.ContextVar("arrived", default=None)  # a request's document
 VERSION = "0.1.0"
 LOGGERS = ("lsp_server", "inference", "tokenizer")
 TRIGGER_CHARACTERS = [".", "(", ","]  # clients that autotrigger only on these (Neovim 0.11) still get asked
@@ -65,6 +67,12 @@ class CodegenServer(LanguageServer):
         self.worker.close()
         super().shutdown()
 
+    def on_request(self, message) -> None:
+        """Snapshot the document a request names as it arrives (before a didChange right behind it)."""
+        doc = getattr(getattr(message, "params", None), "text_document", None)
+        found = self.documents.find(doc.uri) if isinstance(getattr(doc, "uri", None), str) else None
+        ARRIVED.set(found.snapshot() if found is not None else None)
+
     def report_server_error(self, error: Exception, source) -> None:
         jsonrpc.report_error(self, error, source)
 
@@ -81,10 +89,12 @@ def doc_offset(ls: CodegenServer, uri: str, position: types.Position):
     The request works on the snapshot taken as it arrives: its answer's ranges are relative to that text, or
     the completer answers empty (`document_changed`) when the document moved on before the answer was ready.
     """
-    try:
-        doc = ls.documents.get(uri).snapshot()
-    except DocumentError as e:
-        raise JsonRpcInvalidParams(str(e)) from None
+    doc = ARRIVED.get()
+    if doc is None or doc.uri != uri:  # a request that did not come through the dispatcher (tests)
+        try:
+            doc = ls.documents.get(uri).snapshot()
+        except DocumentError as e:
+            raise JsonRpcInvalidParams(str(e)) from None
     offset, clamped = doc.offset_at(position.line, position.character, ls.position_encoding)
     if clamped:
         log.info("position %d:%d clamped to the document in %s", position.line, position.character, uri)

@@ -13,7 +13,7 @@ from pygls.protocol import JsonRPCProtocol
 
 from lsp_server import jsonrpc
 from lsp_server.framing import MAX_BODY, MAX_HEADER_LINE, FrameError, FrameParser
-from lsp_server.server import CodegenServer
+from lsp_server.server import CodegenServer, create_server
 
 MSG = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "shutdown"}).encode()
 FRAME = b"Content-Length: %d\r\n\r\n%s" % (len(MSG), MSG)
@@ -118,3 +118,38 @@ async def test_cancel_flag_takes_the_place_of_the_request_future():
     assert proto._request_futures[5] is flag
     proto._handle_cancel_notification(5)  # what $/cancelRequest does
     assert flag.is_set()
+
+
+async def test_the_request_table_does_not_grow_with_notifications():
+    """17.9: every didChange (and every command) left a future in pygls' request table for good."""
+    import io
+
+    from tests.rawlsp import frame
+
+    ls = create_server()
+    ls.protocol.set_writer(jsonrpc.stdout_writer(io.BytesIO()))
+    d = jsonrpc.Dispatcher(ls.protocol)
+    options = {"model": "x", "prefillOnOpen": False}
+    init = {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": options}
+    d.feed(frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}))
+    item = {"uri": "file:///t.py", "languageId": "python", "version": 1, "text": ""}
+    d.feed(frame({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": item}}))
+    for v in range(2, 200):
+        change = {
+            "range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}},
+            "text": "x",
+        }
+        params = {"textDocument": {"uri": "file:///t.py", "version": v}, "contentChanges": [change]}
+        d.feed(frame({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": params}))
+        await asyncio.sleep(0)
+    assert ls.documents.get("file:///t.py").text == "x" * 198
+    assert len(ls.protocol._request_futures) < 5
+    for i in range(50):  # a command runs as a coroutine pygls files under a uuid of its own
+        status = {"command": "codegen.status", "arguments": []}
+        d.feed(
+            frame({"jsonrpc": "2.0", "id": 100 + i, "method": "workspace/executeCommand", "params": status})
+        )
+        await asyncio.sleep(0.01)
+    d.feed(frame({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": params}))
+    assert len(ls.protocol._request_futures) < 5
+    ls.worker.close()

@@ -64,3 +64,17 @@ async def test_a_lone_surrogate_in_the_document_is_completed_around(raw):
     assert (await raw.status(uri))["completions"]["lastReason"] != "error"
     for item in answer["result"]["items"]:
         assert item["range"]["start"] == position(2, 0)  # positions count the surrogate as one UTF-16 unit
+
+
+async def test_last_reasons_are_kept_for_open_documents_only(raw):
+    """17.9: codegen.status's lastReason kept every URI ever seen (1,010 after 1,000 opened and closed)."""
+    for i in range(30):
+        uri = f"file:///closed-{i}.py"
+        raw.open(uri, "x = 1\n")
+        params = {"textDocument": {"uri": uri}, "position": position(1, 0), "context": {"triggerKind": 1}}
+        await raw.call("textDocument/inlineCompletion", params)
+        raw.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+    raw.open(URI, "y = 2\n")
+    params = {"textDocument": {"uri": URI}, "position": position(1, 0), "context": {"triggerKind": 1}}
+    await raw.call("textDocument/inlineCompletion", params)
+    assert list((await raw.status())["completions"]["lastReason"]) == [URI]
