@@ -74,3 +74,11 @@ async def clear_cache(server, args: list) -> dict:
     server.completer.forget()
     log.info("caches cleared (%d models)", len(entries))
     return {"cleared": len(entries)}
+
+
+async def debug_document(server, args: list) -> dict:
+    """{uri, version, text} of an open document as the server holds it (tests compare it with their own
+    model of the document). Registered only when CODEGEN_LSP_DEBUG=1: not advertised to users."""
+    uri = args[0] if args and isinstance(args[0], str) else ""
+    doc = server.documents.find(uri)
+    return {"uri": uri, "version": doc.version, "text": doc.text} if doc is not None else {"uri": uri}

@@ -16,7 +16,7 @@ from pygls.lsp.server import LanguageServer
 from inference.worker import Worker
 from lsp_server import jsonrpc
 from lsp_server import settings as settings_mod
-from lsp_server.commands import COMMANDS
+from lsp_server.commands import COMMANDS, debug_document
 from lsp_server.completion import KINDS, Completer
 from lsp_server.documents import DocumentError, Documents
 from lsp_server.models import ModelManager, off_loop
@@ -224,6 +224,8 @@ def create_server() -> CodegenServer:
 
     for name, handler in COMMANDS.items():
         register_command(ls, name, handler)
+    if os.environ.get("CODEGEN_LSP_DEBUG") == "1":  # tests only: read back a document's text and version
+        register_command(ls, "codegen.debug.document", debug_document)
     return ls
 
 
