@@ -165,7 +165,8 @@ class Sequence:
         for item in items:
             rng = item["range"] if asked["kind"] != "list" else item["textEdit"]["range"]
             if asked["kind"] == "list":
-                assert rng["start"]["line"] == asked["position"]["line"] and rng["end"] >= rng["start"]
+                start, end = ((rng[k]["line"], rng[k]["character"]) for k in ("start", "end"))
+                assert start[0] == asked["position"]["line"] and end >= start, (asked, item)
             else:
                 assert rng["start"] == asked["position"], (asked, item)
 

@@ -182,3 +182,9 @@ def test_vscode_sends_every_server_setting():
 def test_settings_fields_follow_the_table():
     assert [to_camel(f) for f in as_camel_dict(Settings())] == [o.name for o in TABLE]
     assert as_camel_dict(Settings()) == {o.name: o.default for o in TABLE}
+
+
+@pytest.mark.parametrize("doc", ["editors/nvim/doc/codegen_lsp.txt", "editors/vscode/README.md", "README.md"])
+def test_editor_docs_name_every_setting(doc):
+    text = (settings_docs.ROOT / doc).read_text(encoding="utf-8")
+    assert [o.name for o in TABLE if not re.search(rf"`(codegenLsp\.)?{o.name}`", text)] == []
