@@ -10,6 +10,7 @@ slope per keystroke is fitted (least squares) after the warm-up (the first quart
 
     python bench/bench_soak.py                          # 10 documents x 2,000 keystrokes
     python bench/bench_soak.py --docs 3 --keystrokes 300  # a quick look
+    python bench/bench_soak.py --server-root /work/main   # the same session against another checkout
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ async def cache_bytes(raw: RawServer) -> int:
 
 
 async def soak(args) -> None:
-    raw = await RawServer().start(OMP_NUM_THREADS=str(args.threads))
+    env = {"PYTHONPATH": args.server_root} if args.server_root else {}
+    raw = await RawServer().start(OMP_NUM_THREADS=str(args.threads), **env)
     opts = {"model": "builtin", "device": "cpu", "debounceMs": 0, "maxNewTokens": args.new_tokens}
     await raw.initialize({**opts, "cacheBudgetMb": args.cache_mb, "logLevel": "warning"})
     rng = random.Random(0)
@@ -171,6 +173,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--cache-mb", type=int, default=16, help="KV budget (builtin: 3 MiB per document)")
     ap.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    ap.add_argument(
+        "--server-root", default="", help="run another checkout's server (e.g. main, the baseline)"
+    )
     args = ap.parse_args()
     print(f"machine: {cpu()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"python {platform.python_version()}, command: {' '.join(sys.argv)}")
