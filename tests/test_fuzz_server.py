@@ -4,7 +4,7 @@ After every step: the server's copy of each document equals the test's own model
 no answer was an InternalError (-32603), no request was answered twice, and a non-empty completion is
 anchored at the position it was asked for. At the end of a sequence every request has exactly one answer.
 
-CI runs a fixed, derandomized number of sequences (CODEGEN_FUZZ_EXAMPLES, default 150, about a minute on two
+CI runs a fixed, derandomized number of sequences (CODEGEN_FUZZ_EXAMPLES, default 600, about a minute on two
 cores); more on demand, e.g. `CODEGEN_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_server.py` (also
 CODEGEN_FUZZ_SEED to explore other sequences).
 """
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tests.rawlsp import RawServer
 
-EXAMPLES = int(os.environ.get("CODEGEN_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CODEGEN_FUZZ_EXAMPLES", "600"))
 SEED = int(os.environ.get("CODEGEN_FUZZ_SEED", "17"))
 BREAK = re.compile(r"\r\n|\r|\n")
 # Pieces of text that have broken editors' position arithmetic: astral characters (2 UTF-16 units), CRLF,
