@@ -7,6 +7,8 @@ The difference is the protocol's overhead (JSON-RPC, document sync, prompt cut, 
 
     python bench/bench_protocol.py                # a random-weight CodeGen made here (needs transformers)
     python bench/bench_protocol.py --model builtin --keystrokes 60
+    python bench/bench_protocol.py --accepts 12   # also: the answer after accepting a suggestion, with and
+                                                  # without `prefetch`, and a keystroke during a prefetch
 """
 
 from __future__ import annotations
@@ -139,6 +141,112 @@ async def run(model: str, n: int, max_new: int, threads: int) -> tuple[list[floa
     return proto, alone, status
 
 
+def cpu_info() -> str:
+    """The CPU model and its vector instruction-set flags (from /proc/cpuinfo where there is one)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        name = next(ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name"))
+        line = next(ln for ln in info.splitlines() if ln.startswith("flags"))
+        flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "sse4", "amx"))]
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores, flags: {' '.join(flags) or '?'}"
+
+
+async def start_server(model: str, threads: int, opts: dict) -> LanguageClient:
+    """`python -m lsp_server serve` under a pygls client, initialized with `opts`."""
+    client = LanguageClient("bench", "0")
+    client.feature(types.WINDOW_LOG_MESSAGE)(lambda _params: None)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
+    await client.start_io(sys.executable, "-m", "lsp_server", "serve", "--log-level", "warning", env=env)
+    caps = types.ClientCapabilities(general=types.GeneralClientCapabilities(position_encodings=["utf-16"]))
+    await client.initialize_async(
+        types.InitializeParams(capabilities=caps, initialization_options={"model": model, **opts})
+    )
+    client.initialized(types.InitializedParams())
+    return client
+
+
+async def accepts(model: str, n: int, max_new: int, threads: int, prefetch: bool, think_ms: float) -> dict:
+    """Ask, wait `think_ms` (a user reading the suggestion), accept it (didChange inserting it), and time the
+    next answer; then type one character off that answer (while its prefetch runs) and time that answer."""
+    opts = {"maxNewTokens": max_new, "completionMode": "free", "stopPatterns": {"python": []}}
+    client = await start_server(model, threads, {**opts, "prefetch": prefetch})
+    uri, text, version = "file:///accept.py", DOC, 1
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", version, text))
+    )
+
+    async def edit_and_ask(ins: str) -> tuple[str, float]:
+        nonlocal text, version
+        line, col = text.count("\n"), len(text.rsplit("\n", 1)[1])
+        t0 = time.perf_counter()
+        if ins:
+            version += 1
+            pos = types.Position(line, col)
+            change = types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ins)
+            client.text_document_did_change(
+                types.DidChangeTextDocumentParams(
+                    types.VersionedTextDocumentIdentifier(version, uri), [change]
+                )
+            )
+            text += ins
+            line, col = text.count("\n"), len(text.rsplit("\n", 1)[1])
+        ctx = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
+        params = types.InlineCompletionParams(
+            ctx, types.TextDocumentIdentifier(uri), types.Position(line, col)
+        )
+        res = await client.text_document_inline_completion_async(params)
+        return (res.items[0].insert_text if res and res.items else ""), (time.perf_counter() - t0) * 1000
+
+    after, keys, answers = [], [], []
+    suggestion, _ = await edit_and_ask("")  # loads the model and warms the session
+    for _ in range(n):
+        await asyncio.sleep(think_ms / 1000)
+        suggestion, ms = await edit_and_ask(suggestion)  # Tab: the suggestion is inserted, the next asked
+        after.append(ms)
+        answers.append(suggestion)
+        await asyncio.sleep(0.005)  # the next suggestion's prefetch is under way now
+        off = "x" if not suggestion.startswith("x") else "y"
+        suggestion, ms = await edit_and_ask(off)  # a keystroke off the suggestion: a model call either way
+        keys.append(ms)
+    cmd = types.ExecuteCommandParams(command="codegen.status")
+    status = await client.workspace_execute_command_async(cmd)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    return {"after": after, "keys": keys, "answers": answers, "completions": status["completions"]}
+
+
+def report_accepts(model: str, n: int, max_new: int, threads: int, think_ms: float) -> None:
+    """The answer after an acceptance and a keystroke during a prefetch, prefetch off and on (same run)."""
+    off = asyncio.run(accepts(model, n, max_new, threads, False, think_ms))
+    on = asyncio.run(accepts(model, n, max_new, threads, True, think_ms))
+    same = off["answers"] == on["answers"]
+    print(f"\n{n} acceptances, think time {think_ms:.0f} ms, completionMode free, maxNewTokens {max_new}")
+    for name, r in (("prefetch off", off), ("prefetch on ", on)):
+        c = r["completions"]
+        print(
+            f"{name}: answer after acceptance {summary(r['after'])}\n"
+            f"              keystroke during a prefetch {summary(r['keys'])}\n"
+            f"              model calls {c['modelCalls']}, prefetch {c.get('prefetch')}"
+        )
+    a_off, a_on = statistics.median(off["after"]), statistics.median(on["after"])
+    k_off, k_on = statistics.median(off["keys"]), statistics.median(on["keys"])
+    print(
+        f"answer after acceptance: p50 {a_on:.2f} ms with prefetch vs {a_off:.2f} ms without "
+        f"({a_off / a_on:.1f}x)"
+    )
+    print(
+        f"keystroke during a prefetch: p50 {k_on:.2f} ms with vs {k_off:.2f} ms without "
+        f"({k_on - k_off:+.2f} ms)"
+    )
+    print(f"same suggestions with and without prefetch: {same}")
+
+
 def make_model(args) -> str:
     from tests.checkpoints import make_codegen_checkpoint
 
@@ -160,12 +268,19 @@ def main() -> None:
     ap.add_argument("--embd", type=int, default=256)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads, in the server and the baseline")
+    ap.add_argument("--accepts", type=int, default=0, help="acceptances to time with and without prefetch")
+    ap.add_argument("--think-ms", type=float, default=300.0, help="time from a suggestion to its acceptance")
     args = ap.parse_args()
     n = min(args.keystrokes, len(TYPED))
     model = args.model or make_model(args)
     import torch
 
     torch.set_num_threads(args.threads)
+    print(f"cpu: {cpu_info()}")
+    if args.accepts:
+        report_accepts(model, args.accepts, args.max_new_tokens, args.threads, args.think_ms)
+        if not args.keystrokes:
+            return
     proto, alone, status = asyncio.run(run(model, n, args.max_new_tokens, args.threads))
     comp = status["completions"]
     print(

@@ -26,7 +26,6 @@ class Resolved:
 
     name: str
     path: Path
-    fallback: bool = False
     message: str | None = None
 
 
@@ -89,7 +88,7 @@ def resolve(name: str, allow_fallback: bool = True) -> Resolved:
             raise ModelLoadError(f"{exc}; and {builtin_exc}") from exc
         message = f"{exc}. Using the built-in model for now."
         log.info("%s", message)  # the caller shows it to the user once
-        return Resolved(BUILTIN, path, fallback=True, message=message)
+        return Resolved(BUILTIN, path, message=message)
 
 
 def fetch(repo_id: str) -> Path:

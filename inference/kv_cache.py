@@ -105,10 +105,6 @@ class CachePool:
     def __len__(self) -> int:
         return len(self._caches)
 
-    def keys(self) -> list[Hashable]:
-        """Keys from least to most recently used."""
-        return list(self._caches)
-
     def has_room_for(self, key: Hashable) -> bool:
         """Whether `key` has a cache, or one more fits without evicting another session's."""
         return key in self._caches or self.nbytes + self._cache_nbytes <= self.budget_bytes

@@ -55,7 +55,6 @@ class Session:
         self.pool = pool
         self.ids: list[int] = []  # ids whose K/V are valid in the cache, positions 0..len-1
         self._lock = lock
-        self.last_used = time.monotonic()
 
     def reset(self) -> None:
         """Forget the cached ids (the pool keeps or recycles the memory)."""
@@ -88,7 +87,6 @@ class Session:
 
     @torch.inference_mode()
     def _prefill_only(self, prompt: list[int], should_cancel, chunk: int) -> int:
-        self.last_used = time.monotonic()
         cache, fresh = self.pool.acquire(self.key)
         if fresh:
             self.ids = []
@@ -115,7 +113,6 @@ class Session:
     @torch.inference_mode()
     def _generate(self, prompt, params: GenerationParams, should_cancel) -> GenerationResult:
         t0, c0 = time.perf_counter(), time.process_time()
-        self.last_used = time.monotonic()
         model, tok = self.loaded.model, self.loaded.tokenizer
         cache, fresh = self.pool.acquire(self.key)
         if fresh:

@@ -52,11 +52,13 @@ async def status(server, args: list) -> dict:
             "modelCalls": comp.model_calls,
             "typedThroughHits": comp.typed_through_hits,
             "prefillsOnOpen": comp.prefills,
+            "prefetch": server.completer.prefetch.status(),
             "lastPrefillOnOpen": comp.last_prefill,
             "emptyReasons": dict(comp.empty),
             "lastReason": comp.last_reason.get(uri) if uri else dict(comp.last_reason),
         },
         "latency": comp.latencies(),
+        "acceptance": server.acceptance.status(),
         "openDocuments": len(server.documents),
     }
     return out

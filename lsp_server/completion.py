@@ -12,6 +12,7 @@ from inference.worker import Superseded
 from lsp_server import postprocess
 from lsp_server.documents import Document
 from lsp_server.models import ModelUnavailable
+from lsp_server.prefetch import Prefetcher
 from lsp_server.prompt import PromptWindow, cut_prompt
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Outcome:
     start: int = 0
     end: int = 0
     reason: str | None = None
-    source: str = "model"  # "model" | "typed_through"
+    source: str = "model"  # "model" | "typed_through" | "prefetched"
     latency_ms: float = 0.0
 
 
@@ -90,9 +91,11 @@ class Completer:
         self.suggestions: dict[str, Suggestion] = {}
         self.stats = Stats()
         self.prefilling: str | None = None  # the document of the latest prefill-on-open job
+        self.prefetch = Prefetcher(self)  # the completion after the last suggestion, computed ahead
 
     def forget(self, uri: str | None = None) -> None:
         """Drop per-document state (one document, or all)."""
+        self.prefetch.stop(uri)
         if uri is None:
             self.windows.clear()
             self.suggestions.clear()
@@ -147,6 +150,8 @@ class Completer:
             out = self._fit(cached, line_suffix, start, end, lead, newline)
             out.source = "typed_through"
             return self._answer(uri, out, t0)
+        if kind == "inline" and (out := await self._prefetched(doc, before, line_suffix, start, end, lead)):
+            return self._answer(uri, out, t0)
 
         settings = self.server.settings
         try:
@@ -163,6 +168,7 @@ class Completer:
         generate = self.generator(uri, entry, before, patterns)
         self.stats.model_calls += 1
         self.server.worker.supersede(PREFILL_KEY)  # a request goes before any prefill-on-open
+        self.prefetch.stop()  # ... and before any prefetch
         try:
             delay = settings.debounce_ms / 1000 if automatic else 0.0  # an explicit request is not debounced
             result = await self.server.worker.submit(job_key, generate, delay_s=delay)
@@ -185,7 +191,38 @@ class Completer:
             return self._answer(uri, Outcome(start=start, end=end, reason=self.why_empty(result)), t0)
         if self.moved(doc):
             return self._answer(uri, Outcome(start=start, end=end, reason=DOCUMENT_CHANGED), t0)
-        return self._answer(uri, self._fit(completion, line_suffix, start, end, lead, newline), t0)
+        out = self._fit(completion, line_suffix, start, end, lead, newline)
+        if kind == "inline":
+            self._prefetch_after(doc, entry, before, lead, out)
+        return self._answer(uri, out, t0)
+
+    async def _prefetched(
+        self, doc: Document, before: str, line_suffix: str, start, end, lead
+    ) -> Outcome | None:
+        """The answer from the completion computed ahead for `before`; None when there is none."""
+        try:
+            ahead = await self.prefetch.answer(doc.uri, before)
+        except Superseded:
+            return Outcome(start=start, end=end, reason=SUPERSEDED)
+        if ahead is None:
+            return None
+        self.server.worker.supersede((doc.uri, "inline"))
+        self.suggestions[doc.uri] = Suggestion(before, ahead)
+        if self.moved(doc):  # it waited for the prefetch: the document may have moved on meanwhile
+            return Outcome(start=start, end=end, reason=DOCUMENT_CHANGED)
+        out = self._fit(ahead, line_suffix, start, end, lead, newline_of(doc.text))
+        out.source = "prefetched"
+        self._prefetch_after(doc, None, before, lead, out)
+        return out
+
+    def _prefetch_after(self, doc: Document, entry, before: str, lead: str | None, out: Outcome) -> None:
+        """Compute ahead what follows the answer `out` once it is accepted (the text before the cursor is
+        then the text before the answer's range plus its text, with LF line breaks)."""
+        entry = entry or self.server.models.loaded_for(doc.language_id)
+        if out.reason or entry is None:
+            return
+        accepted = before[: len(before) - len(lead or "")] + out.text.replace("\r\n", "\n")
+        self.prefetch.schedule(doc.uri, entry, doc.language_id, accepted)
 
     def moved(self, snap: Document) -> bool:
         """Whether the live document is no longer the text `snap` was taken from (edited or closed)."""

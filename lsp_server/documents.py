@@ -57,10 +57,6 @@ class Document:
         """A frozen copy (text, version, line index): a request answers against the text it arrived on."""
         return Document(self.uri, self.language_id, self.version, self.text, self._starts, self._ends)
 
-    def line(self, n: int) -> str:
-        """Line `n` without its line break."""
-        return self.text[self._starts[n] : self._ends[n]]
-
     def offset_at(self, line: int, character: int, encoding: str = "utf-16") -> tuple[int, bool]:
         """(string index, clamped?) of an LSP position; past-the-end lines/characters clamp to the end."""
         if line >= len(self._starts):

@@ -264,8 +264,6 @@ def off_loop(worker, fn) -> None:
 
 
 def _is_load_error(e: Exception) -> bool:
-    try:
-        from inference.errors import ModelLoadError
-    except ImportError:  # pragma: no cover
-        return False
+    from inference.errors import ModelLoadError
+
     return isinstance(e, ModelLoadError)

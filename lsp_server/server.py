@@ -14,7 +14,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from inference.worker import Worker
-from lsp_server import jsonrpc
+from lsp_server import acceptance, jsonrpc
 from lsp_server import settings as settings_mod
 from lsp_server.commands import COMMANDS, debug_document
 from lsp_server.completion import KINDS, Completer
@@ -40,8 +40,9 @@ class CodegenServer(LanguageServer):
         self.worker = Worker()
         self.models = ModelManager(self, self.worker, self.settings)
         self.completer = Completer(self)
+        self.acceptance = acceptance.Acceptance()  # shown / accepted suggestions (codegen.status)
         self.shutdown_requested = False
-        self.background: set[asyncio.Task] = set()  # prefill-on-open tasks (kept referenced until done)
+        self.background: set[asyncio.Task] = set()  # prefill-on-open, prefetch tasks (referenced until done)
         self.exit_code: int | None = None  # set by `exit`: 0 after `shutdown`, else 1 (LSP)
 
     @property
@@ -164,6 +165,7 @@ def create_server() -> CodegenServer:
             for change in params.content_changes:
                 doc.apply_change(change, ls.position_encoding)
             doc.version = params.text_document.version
+            ls.completer.prefetch.edited(doc, params.content_changes, ls.position_encoding)
         except DocumentError as e:
             log_to_client(ls, f"codegen: {e}", types.MessageType.Warning)
 
@@ -190,7 +192,11 @@ def create_server() -> CodegenServer:
         out = await ls.completer.complete(doc, offset, automatic, selected)
         if out.reason:
             return types.InlineCompletionList(items=[])
-        item = types.InlineCompletionItem(insert_text=out.text, range=to_range(ls, doc, out.start, out.end))
+        item = types.InlineCompletionItem(
+            insert_text=out.text,
+            range=to_range(ls, doc, out.start, out.end),
+            command=acceptance.item_command(ls, doc, out, offset),  # run by the client on acceptance
+        )
         return types.InlineCompletionList(items=[item])
 
     completion_options = types.CompletionOptions(

@@ -159,6 +159,12 @@ TABLE: tuple[Option, ...] = (
         "prefill a document when it opens, unless that would evict another document's KV cache",
     ),
     Option(
+        "prefetch",
+        bool,
+        True,
+        "after an inline suggestion, compute the one that follows it as if accepted (lowest priority)",
+    ),
+    Option(
         "completionMode",
         str | dict[str, str],
         default_modes(),

@@ -109,11 +109,20 @@ def validate_max_new_tokens(value: Any, n_positions: int | None = None) -> int:
     return value
 
 
-def turn_comment(prompt: str, language_id: str | None = "python") -> str:
-    """One turn as MTPB writes it: `# prompt\\n` (each line of a multi-line prompt commented)."""
-    prefix = comment_style(language_id).prefix
+def turn_comment(prompt: str, language_id: str | None = "python", indent: str = "") -> str:
+    """One turn as MTPB writes it: `# prompt\\n` (each line of a multi-line prompt commented), indented."""
+    prefix = indent + comment_style(language_id).prefix
     lines = [line.rstrip() for line in prompt.strip().splitlines()]
     return "".join(f"{prefix}{line}".rstrip() + "\n" for line in lines)
+
+
+def turn_patterns(language_id: str | None = "python", indent: str = "") -> tuple[str, ...]:
+    """Where one turn's code ends; inside a block (an indent) also at a comment of that depth or a dedent."""
+    style = comment_style(language_id)
+    if not indent:
+        return style.patterns
+    ind, leader = re.escape(indent), re.escape(style.prefix.strip())
+    return (*style.patterns, f"^{ind}{leader}", rf"^(?!{ind})[ \t]*\S")
 
 
 def lead_for(text_before: str, language_id: str | None = "python") -> str:
@@ -123,14 +132,14 @@ def lead_for(text_before: str, language_id: str | None = "python") -> str:
     return text_before if text_before.endswith("\n") else text_before + "\n"
 
 
-def truncate_code(text: str, language_id: str | None = "python") -> str:
+def truncate_code(text: str, language_id: str | None = "python", indent: str = "") -> str:
     """Cut the model's output for one turn where the turn's code ends (MTPB truncation)."""
-    style = comment_style(language_id)
-    if style is PYTHON:
+    patterns = turn_patterns(language_id, indent)
+    if comment_style(language_id) is PYTHON:
         from tokenizer.codegen import truncate_before_pattern
 
-        return truncate_before_pattern(text, style.patterns)
-    cuts = [m.start() for p in style.patterns if (m := re.search(p, text, re.MULTILINE))]
+        return truncate_before_pattern(text, patterns)
+    cuts = [m.start() for p in patterns if (m := re.search(p, text, re.MULTILINE))]
     return text[: min(cuts)] if cuts else text
 
 
@@ -172,6 +181,7 @@ class Conversation:
     lead: str  # history before the first turn
     inserted_lead: str  # the part of `lead` that is not already in the document (header or a newline)
     params: Any  # inference.engine.GenerationParams (stop patterns are set per turn)
+    indent: str = ""  # the depth of the turns' comments (a selection inside a block)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     turns: list[TurnResult] = field(default_factory=list)
     last_used: float = field(default_factory=time.monotonic)
@@ -197,17 +207,18 @@ class Conversation:
 
     def prompt_for(self, prompt: str) -> str:
         """The full MTPB prompt of the next turn."""
-        return self.history + turn_comment(prompt, self.language_id)
+        return self.history + turn_comment(prompt, self.language_id, self.indent)
 
     def turn(self, prompt: str, should_cancel: Callable[[], bool] | None = None) -> TurnResult:
         """Generate the code of one turn on the conversation's session; a cancelled turn leaves no trace."""
         validate_turn(prompt)
         text = self.prompt_for(prompt)
-        params = replace(self.params, stop_patterns=comment_style(self.language_id).patterns)
+        params = replace(self.params, stop_patterns=turn_patterns(self.language_id, self.indent))
         t0 = time.perf_counter()
         result = self.engine.session(self.session_key).generate(text, params, should_cancel=should_cancel)
         ms = (time.perf_counter() - t0) * 1000.0
-        code = truncate_code(result.text, self.language_id) if result.stop_reason != "cancelled" else ""
+        cancelled = result.stop_reason == "cancelled"
+        code = "" if cancelled else truncate_code(result.text, self.language_id, self.indent)
         turn = TurnResult(
             prompt=prompt,
             code=code,
@@ -220,7 +231,7 @@ class Conversation:
             prefill_ms=result.prefill_ms,
         )
         if result.stop_reason != "cancelled":
-            self._body.append(turn_comment(prompt, self.language_id) + code + TURN_SEPARATOR)
+            self._body.append(turn_comment(prompt, self.language_id, self.indent) + code + TURN_SEPARATOR)
             self.turns.append(turn)
         self.last_used = time.monotonic()
         return turn
@@ -241,13 +252,21 @@ class Conversation:
         }
 
 
-def new_conversation(engine: Any, text_before: str, language_id: str | None, params: Any) -> Conversation:
-    """A conversation that continues `text_before` (the document before the cursor)."""
+def new_conversation(
+    engine: Any, text_before: str, language_id: str | None, params: Any, indent: str = ""
+) -> Conversation:
+    """A conversation that continues `text_before` (the document before the cursor), turns at `indent`."""
+    assert not indent.strip(), f"indent must be whitespace, got {indent!r}"
     language_id = (language_id or "python").lower()
     lead = lead_for(text_before, language_id)
     inserted = lead[len(text_before) :] if lead.startswith(text_before) else lead
     return Conversation(
-        engine=engine, language_id=language_id, lead=lead, inserted_lead=inserted, params=params
+        engine=engine,
+        language_id=language_id,
+        lead=lead,
+        inserted_lead=inserted,
+        params=params,
+        indent=indent,
     )
 
 
@@ -258,12 +277,13 @@ def synthesize(
     *,
     text_before: str = "",
     language_id: str | None = "python",
+    indent: str = "",
     should_cancel: Callable[[], bool] | None = None,
     on_turn: Callable[[int, TurnResult], None] | None = None,
 ) -> dict[str, Any]:
     """Run every turn on one session (KV carried across turns); stop early if cancelled."""
     turns = validate_turns(list(turns))
-    conv = new_conversation(engine, text_before, language_id, params)
+    conv = new_conversation(engine, text_before, language_id, params, indent)
     cancelled = False
     try:
         for k, prompt in enumerate(turns, 1):

@@ -1,7 +1,7 @@
 """LSP commands for multi-turn synthesis: codegen.synthesize and the codegen.synthesis.* conversation.
 
-codegen.synthesize {textDocument: {uri, version?}, position, turns: [str], maxNewTokensPerTurn?, temperature?,
-                    topP?, seed?, insert?}
+codegen.synthesize {textDocument: {uri, version?}, position?, range?, turns: [str], maxNewTokensPerTurn?,
+                    temperature?, topP?, seed?, insert?}
     -> {program, turns: [{prompt, code, tokens, stopReason, ms, ...}], prefillTokens, promptTokens, cancelled,
         applied?, reason?}
 codegen.synthesis.start {textDocument?: {uri}, position?, languageId?, maxNewTokensPerTurn?, temperature?,
@@ -9,6 +9,9 @@ codegen.synthesis.start {textDocument?: {uri}, position?, languageId?, maxNewTok
 codegen.synthesis.turn {id, prompt} -> {id, turn, program, turns, cancelled}
 codegen.synthesis.end {id} -> {id, ended, turns, program}
 
+With `range` (the selected comment lines) the program continues the text before those lines, its comments at
+their indentation, and `insert` replaces the lines with it (each comment once, its code after it); without
+it the program continues the text before `position` and is inserted there.
 maxNewTokensPerTurn defaults to 128 (MTPB), temperature and topP to the `temperature` / `topP` settings.
 `$/cancelRequest` stops at the next decode step; the answer then carries the turns finished so far and
 `cancelled: true`. Conversations are freed after `synthesisIdleSeconds` idle; their KV caches live in the
@@ -90,22 +93,20 @@ def _params(s: Sampling):
 
 
 def _document_and_offset(server, obj: dict, required: bool = True):
-    """(document, offset, position) of {textDocument: {uri}, position}; a position outside it is an error."""
+    """(document, offset, range to write, indent) of {textDocument, position or range}; outside: an error."""
     td = obj.get("textDocument")
     if td is None and not required:
-        return None, 0, None
+        return None, 0, None, ""
     if not isinstance(td, dict) or not isinstance(td.get("uri"), str):
         raise _fail("'textDocument' must be {uri, version}")
     try:
         doc = server.documents.get(td["uri"])
     except DocumentError as e:
         raise _fail(str(e)) from None
+    if "range" in obj:  # the selected lines: the program replaces them
+        return doc, *_selected_lines(server, doc, obj["range"])
     pos = obj.get("position")
-    ok = isinstance(pos, dict) and all(
-        isinstance(pos.get(k), int) and not isinstance(pos.get(k), bool) and pos[k] >= 0
-        for k in ("line", "character")
-    )
-    if not ok:
+    if not _is_position(pos):
         raise _fail("'position' must be {line, character} with non-negative integers")
     offset, clamped = doc.offset_at(pos["line"], pos["character"], server.position_encoding)
     if clamped:
@@ -113,7 +114,39 @@ def _document_and_offset(server, obj: dict, required: bool = True):
             f"position {pos['line']}:{pos['character']} is outside {doc.uri} "
             f"({doc.line_count} lines, version {doc.version})"
         )
-    return doc, offset, types.Position(line=pos["line"], character=pos["character"])
+    at = types.Position(line=pos["line"], character=pos["character"])
+    return doc, offset, types.Range(start=at, end=at), ""
+
+
+def _is_position(pos) -> bool:
+    return isinstance(pos, dict) and all(
+        isinstance(pos.get(k), int) and not isinstance(pos.get(k), bool) and pos[k] >= 0
+        for k in ("line", "character")
+    )
+
+
+def _selected_lines(server, doc, rng) -> tuple[int, types.Range, str]:
+    """(offset of the first line, the whole selected lines as a Range, their indentation) of a `range`."""
+    ok = isinstance(rng, dict) and _is_position(rng.get("start")) and _is_position(rng.get("end"))
+    if not ok:
+        raise _fail("'range' must be {start, end}, each {line, character} with non-negative integers")
+    first, end = rng["start"]["line"], rng["end"]
+    # A selection ending at column 0 of a later line does not take that line.
+    last = end["line"] - 1 if end["character"] == 0 and end["line"] > first else end["line"]
+    if last < first or last >= doc.line_count:
+        raise _fail(
+            f"range lines {first}..{end['line']} are not lines of {doc.uri} ({doc.line_count} lines, "
+            f"version {doc.version})"
+        )
+    if last + 1 < doc.line_count:
+        stop = types.Position(line=last + 1, character=0)
+    else:
+        stop = types.Position(*doc.position_at(len(doc.text), server.position_encoding))
+    offset, _ = doc.offset_at(first, 0)
+    end_offset, _ = doc.offset_at(stop.line, stop.character, server.position_encoding)
+    lines = [line for line in doc.text[offset:end_offset].splitlines() if line.strip()] or [""]
+    indent = lines[0][: len(lines[0]) - len(lines[0].lstrip(" \t"))]  # the first comment's
+    return offset, types.Range(start=types.Position(line=first, character=0), end=stop), indent
 
 
 async def _engine_for(server, language: str):
@@ -163,11 +196,13 @@ async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: jsonrpc.C
     def work(should_cancel) -> syn.TurnResult:
         return conv.turn(prompt, lambda: should_cancel() or hook.event.is_set())
 
+    server.completer.prefetch.stop()  # a request goes before any prefetch
+
     return await server.worker.submit(conv.session_key, work)
 
 
-async def _apply(server, doc, version: int, position: types.Position, program: str) -> dict:
-    """One workspace/applyEdit inserting the program, for the version the request named."""
+async def _apply(server, doc, version: int, where: types.Range, program: str) -> dict:
+    """One workspace/applyEdit writing the program over `where`, for the version the request named."""
     if doc.uri not in server.documents or server.documents.get(doc.uri) is not doc:
         return {"applied": False, "reason": f"{doc.uri} was closed; nothing was written"}
     if doc.version != version:
@@ -180,7 +215,7 @@ async def _apply(server, doc, version: int, position: types.Position, program: s
         return {"applied": False, "reason": "the program is empty; nothing was written"}
     if "\r\n" in doc.text:  # keep the document's line endings
         program = re.sub(r"(?<!\r)\n", "\r\n", program)
-    edit = types.TextEdit(range=types.Range(start=position, end=position), new_text=program)
+    edit = types.TextEdit(range=where, new_text=program)
     caps = server.client_capabilities.workspace
     if caps and caps.workspace_edit and caps.workspace_edit.document_changes:
         ident = types.OptionalVersionedTextDocumentIdentifier(uri=doc.uri, version=version)
@@ -202,12 +237,12 @@ async def _apply(server, doc, version: int, position: types.Position, program: s
 
 @command("codegen.synthesize")
 async def synthesize(server, args: list) -> dict:
-    """Every turn on one session; optional insertion at the position with one versioned edit."""
+    """Every turn on one session; optionally written at the position or over the range: one versioned edit."""
     obj = _object(args, "codegen.synthesize")
     hook = jsonrpc.cancel_flag(server)
     try:
         turns = syn.validate_turns(obj.get("turns"))
-        doc, offset, position = _document_and_offset(server, obj)
+        doc, offset, where, indent = _document_and_offset(server, obj)
         version = obj["textDocument"].get("version", doc.version)
         if isinstance(version, bool) or not isinstance(version, int):
             raise syn.SynthesisError(f"textDocument.version must be an integer, got {version!r}")
@@ -219,7 +254,7 @@ async def synthesize(server, args: list) -> dict:
         sampling = _sampling(obj, n_positions, server.settings)
     except syn.SynthesisError as e:
         raise _fail(str(e)) from None
-    conv = syn.new_conversation(engine, text_before, language, _params(sampling))
+    conv = syn.new_conversation(engine, text_before, language, _params(sampling), indent)
     progress = await Progress(server, "codegen: synthesizing").begin(f"turn 1/{len(turns)}")
     cancelled = False
     try:
@@ -240,7 +275,7 @@ async def synthesize(server, args: list) -> dict:
         if cancelled:
             result.update(applied=False, reason="cancelled; nothing was written")
         else:
-            result.update(await _apply(server, doc, version, position, result["program"]))
+            result.update(await _apply(server, doc, version, where, result["program"]))
     return result
 
 
@@ -249,7 +284,7 @@ async def start(server, args: list) -> dict:
     """A conversation continuing the document at the position (or MTPB's header for a language)."""
     obj = _object(args, "codegen.synthesis.start")
     try:
-        doc, offset, _ = _document_and_offset(server, obj, required=False)
+        doc, offset, _, _ = _document_and_offset(server, obj, required=False)
         language = doc.language_id if doc is not None else obj.get("languageId", "python")
         if not isinstance(language, str) or not language:
             raise syn.SynthesisError(f"languageId must be a language identifier, got {language!r}")

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from checkpoints import make_codegen_checkpoint
 
 from inference import hub
 from inference.engine import Engine
@@ -15,6 +14,7 @@ from inference.generate import GenerationParams
 from inference.loader import load_model
 from lsp_server import postprocess
 from lsp_server.cli import main, text_before
+from tests.checkpoints import make_codegen_checkpoint
 
 SOURCE = "import os\n\n\ndef add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    "
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checkpoints import make_codegen_checkpoint
 
 from inference import registry
 from inference.codegen import CodeGen
@@ -13,6 +12,7 @@ from inference.generate import GenerationParams
 from inference.kv_cache import KVCache
 from inference.loader import fill_weights, load_model
 from inference.weights import open_weights
+from tests.checkpoints import make_codegen_checkpoint
 
 TOL = 1e-4
 SHAPES = {

@@ -6,13 +6,13 @@ import re
 
 import pytest
 import torch
-from checkpoints import make_codegen_checkpoint
 
 from inference.engine import Engine
 from inference.generate import GenerationParams
 from inference.kv_cache import CachePool, KVCache
 from inference.loader import load_model
 from inference.sampling import sample, top_p_filter
+from tests.checkpoints import make_codegen_checkpoint
 
 BASE = (
     "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n\n\n"

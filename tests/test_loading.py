@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import make_codegen_checkpoint
 from safetensors.torch import load_file, save_file
 
 from inference import hub
 from inference.errors import ModelLoadError
 from inference.loader import load_model
+from tests.checkpoints import make_codegen_checkpoint
 
 SHAPE = dict(n_layer=2, n_embd=64, n_head=8, rotary_dim=4, n_positions=128)
 IDS = torch.tensor([[15496, 995, 198, 50284, 7783, 2124, 11, 13]])

@@ -123,6 +123,63 @@ async def test_stale_version_writes_nothing(client):
     assert client.edits == []
 
 
+def applied(text: str, edit: types.TextEdit) -> str:
+    """`text` after one single-line-based edit (LF text, UTF-16 = UTF-32 here: ASCII)."""
+    lines = text.splitlines(keepends=True)
+    start = sum(map(len, lines[: edit.range.start.line])) + edit.range.start.character
+    end = sum(map(len, lines[: edit.range.end.line])) + edit.range.end.character
+    return text[:start] + edit.new_text + text[end:]
+
+
+C1, C2 = "# Define a variable a = 3.\n", "# Double it.\n"
+SELECTED = {
+    # name: (document, selection range, its first line, the first line after the replaced ones, indent)
+    "top-level": (f"import os\n\n{C1}{C2}\nx = 1\n", (2, 0, 3, 12), 2, 4, ""),
+    "ends-at-next-line": (f"import os\n\n{C1}{C2}x = 1\n", (2, 3, 4, 0), 2, 4, ""),
+    "last-lines": (f"import os\n{C1}{C2.rstrip()}", (1, 0, 2, 5), 1, None, ""),
+    "in-a-function": (f"def f(a, b):\n    {C1}    {C2}    pass\n", (1, 4, 2, 16), 1, 3, "    "),
+}
+
+
+@pytest.mark.parametrize("name", list(SELECTED), ids=list(SELECTED))
+async def test_range_replaces_the_selected_comment_lines_with_the_program(client, codegen_engine, name):
+    text, (l0, c0, l1, c1), first, stop, indent = SELECTED[name]
+    uri = f"file:///inplace-{name}.py"
+    open_doc(client, uri, text)
+    client.edits.clear()
+    rng = {"start": {"line": l0, "character": c0}, "end": {"line": l1, "character": c1}}
+    args = synth_args(uri, 0, 0, turns=TURNS[:2], insert=True, range=rng)
+    del args["position"]
+    got = await run(client, "codegen.synthesize", args)
+    lines = text.splitlines(keepends=True)
+    before = "".join(lines[:first])
+    want = syn.synthesize(
+        codegen_engine, TURNS[:2], GenerationParams(max_new_tokens=MAX_NEW), text_before=before, indent=indent
+    )
+    assert got["applied"] is True and got["program"] == want["program"]
+    (edit,) = client.edits[0].edit.document_changes[0].edits
+    end = (stop, 0) if stop is not None else (len(lines) - 1, len(lines[-1]))
+    assert edit.range == types.Range(types.Position(first, 0), types.Position(*end))
+    after = applied(text, edit)
+    assert after == before + got["program"] + "".join(lines[stop:] if stop is not None else [])
+    for turn in got["turns"]:  # each comment once, at the selection's depth, its code right after it
+        comment = f"{indent}# {turn['prompt']}\n"
+        assert after.count(f"# {turn['prompt']}") == 1
+        assert comment + turn["code"] in after
+        assert all(line.startswith(indent) for line in turn["code"].splitlines() if line.strip())
+
+
+async def test_range_with_a_stale_version_writes_nothing(client):
+    uri = "file:///inplace-stale.py"
+    open_doc(client, uri, "# Define a variable a = 3.\n")
+    change(client, uri, 2, (1, 0), (1, 0), "y = 2\n")
+    client.edits.clear()
+    rng = {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 5}}
+    got = await run(client, "codegen.synthesize", synth_args(uri, 0, 0, TURNS[:1], insert=True, range=rng))
+    assert got["applied"] is False and "nothing was written" in got["reason"]
+    assert client.edits == []
+
+
 async def test_conversation_start_turn_end(client, codegen_engine):
     uri = "file:///conv.py"
     open_doc(client, uri, "import os\n")
@@ -201,6 +258,7 @@ async def test_cancelled_conversation_turn_leaves_no_trace(client, codegen_engin
     await run(client, "codegen.synthesis.end", {"id": cid})
 
 
+LINE0, LINE5 = {"line": 0, "character": 2}, {"line": 5, "character": 0}
 BAD = {
     "no-arguments": (None, "takes one object argument"),
     "no-turns": (synth_args("file:///bad.py", 0, 0, turns=[]), "non-empty list"),
@@ -217,6 +275,15 @@ BAD = {
         synth_args("file:///bad.py", 0, 0, temperature=float("inf")),
         "temperature must be",
     ),
+    "range-not-lines": (
+        synth_args("file:///bad.py", 0, 0, range={"start": {"line": 1, "character": 0}, "end": LINE5}),
+        r"range lines 1\.\.5 are not lines of file:///bad.py",
+    ),
+    "range-inverted": (
+        synth_args("file:///bad.py", 0, 0, range={"start": {"line": 1, "character": 0}, "end": LINE0}),
+        "range lines 1..0",
+    ),
+    "range-malformed": (synth_args("file:///bad.py", 0, 0, range={"start": 0}), "'range' must be"),
 }
 
 

@@ -88,6 +88,36 @@ def test_truncate_code(language, text, expected):
 
 
 @pytest.mark.parametrize(
+    ("language", "indent", "text", "expected"),
+    [
+        ("python", "    ", "    s = a + b\n    # Print it.\n    print(s)", "    s = a + b\n"),
+        ("python", "    ", "    s = a + b\n\n    return s\nprint(f(1))", "    s = a + b\n\n    return s\n"),
+        ("python", "        ", "        x = 1\n    y = 2", "        x = 1\n"),
+        ("python", "    ", "return a\n", ""),
+        ("python", "    ", "    # inner\n", ""),
+        ("javascript", "\t", "\tlet a = 3;\n\t// next\n\tlet b;", "\tlet a = 3;\n"),
+        ("javascript", "\t", "\tlet a = 3;\n}\n", "\tlet a = 3;\n"),
+    ],
+    ids=[
+        "comment-at-depth",
+        "dedent",
+        "partial-dedent",
+        "code-at-column-0",
+        "comment-first",
+        "js-comment",
+        "js-brace",
+    ],
+)
+def test_truncate_code_inside_a_block_stops_at_its_comments_and_a_dedent(language, indent, text, expected):
+    assert syn.truncate_code(text, language, indent) == expected
+
+
+def test_turn_comment_at_an_indent():
+    want = "    # Add them.\n    # Return it.\n"
+    assert syn.turn_comment("Add them.\nReturn it.", "python", "    ") == want
+
+
+@pytest.mark.parametrize(
     ("turns", "message"),
     [
         ([], "non-empty list"),

@@ -7,8 +7,8 @@ import re
 import shutil
 
 import pytest
-from checkpoints import CODEGEN_TOKENIZER_DIR
 
+from tests.checkpoints import CODEGEN_TOKENIZER_DIR
 from tokenizer import TokenizerError, load_tokenizer, truncate_before_pattern
 
 SAMPLE = (

@@ -106,9 +106,11 @@ class StdioClient:
             insert = insert[len(typed) :]
         return insert
 
-    def synthesize(self, uri: str, position: dict, turns: list[str]) -> dict:
-        """`codegen.synthesize` without inserting, on version 1 of an open document."""
-        args = {"textDocument": {"uri": uri, "version": 1}, "position": position, "turns": turns}
+    def synthesize(self, uri: str, where: dict, turns: list[str]) -> dict:
+        """`codegen.synthesize` without inserting, on version 1 of an open document; `where` is a position
+        or {"range": selected lines}."""
+        where = where if "range" in where else {"position": where}
+        args = {"textDocument": {"uri": uri, "version": 1}, **where, "turns": turns}
         return self.request(
             "workspace/executeCommand", {"command": "codegen.synthesize", "arguments": [args]}
         )
@@ -139,7 +141,7 @@ def reference_program(
     options: dict,
     uri: str,
     text: str,
-    position: dict,
+    where: dict,
     turns: list[str],
 ) -> dict:
     """The server's `codegen.synthesize` answer (without inserting) for a python document."""
@@ -147,6 +149,6 @@ def reference_program(
     try:
         client.initialize(root, options)
         client.open(uri, text)
-        return client.synthesize(uri, position, turns)
+        return client.synthesize(uri, where, turns)
     finally:
         client.close()

@@ -267,11 +267,40 @@ def test_ghost_text_dismiss_trigger_and_accept_line_keys(nvim_bin, tmp_path, opt
     assert out["mode"] == "n" and out["ghost_after_esc"] is None
 
 
-def test_synthesize_command_inserts_a_program(nvim_bin, tmp_path, opts):
+def test_accept_word_then_accept_reports_acceptance_to_the_server(nvim_bin, tmp_path, opts):
+    body = """
+    local buf, client = H.open(DIR .. "/words.py", { "def add(a, b):", "    return a" })
+    H.type("A + b")
+    H.wait_for("ghost text", function() return H.ghost_text(buf) end, 60000)
+    H.out.shown = H.ghost_text(buf)
+    H.out.before = vim.api.nvim_get_current_line()
+    H.type("<C-Right>")
+    H.out.after_word = vim.api.nvim_get_current_line()
+    H.out.rest = H.ghost_text(buf) or vim.NIL
+    H.type("<M-l>")
+    H.out.after = H.lines(buf)
+    H.type("<Esc>")
+    H.sleep(200)
+    H.out.acceptance = H.execute(client, buf, "codegen.status", {}).acceptance
+    """
+    out = run_nvim(nvim_bin, tmp_path, body, opts)
+    shown = out["shown"]["text"]
+    word = re.match(r"\s*\w+|\s*[^\w\s]+|\s+", shown).group()
+    assert word and word != shown, shown
+    assert out["after_word"] == out["before"] + word
+    assert out["rest"]["text"] == shown[len(word) :]
+    assert "\n".join(out["after"]) == "def add(a, b):\n" + out["before"] + shown
+    (row,) = out["acceptance"]
+    assert row["shown"] >= 1 and row["accepted"] == 1 and row["partlyAccepted"] == 1, row
+    assert row["acceptedChars"] == len(shown), row
+
+
+def test_synthesize_command_replaces_the_selected_comments_with_the_program(nvim_bin, tmp_path, opts):
     body = """
     local buf, client = H.open(DIR .. "/synth.py", {
       "# Define a function that adds two numbers.",
       "# Print the sum of 2 and 3.",
+      "done = True",
     })
     H.out.before = H.lines(buf)
     local synth = require("codegen_lsp.synthesize")
@@ -279,24 +308,32 @@ def test_synthesize_command_inserts_a_program(nvim_bin, tmp_path, opts):
     H.wait_for("the synthesis answer", function() return synth.last end, 120000)
     H.out.result = synth.last.result
     H.out.err = synth.last.err
-    H.wait_for("the inserted program", function() return #H.lines(buf) > 2 end, 10000)
+    H.wait_for("the program in the buffer", function() return #H.lines(buf) > 3 end, 10000)
     H.out.after = H.lines(buf)
     H.out.modified = vim.bo[buf].modified
+    H.out.undo_steps = vim.fn.undotree(buf).seq_last
+    vim.cmd("undo")
+    H.out.undone = H.lines(buf)
     """
     out = run_nvim(nvim_bin, tmp_path, body, opts)
     assert out.get("err") is None, out["err"]
     result = out["result"]
     assert result["applied"] is True, result
     program = result["program"]
-    assert program.strip()
-    turns = [t["prompt"] for t in result["turns"]]
-    assert [t.strip("# \n") for t in turns] == [
+    assert [t["prompt"] for t in result["turns"]] == [
         "Define a function that adds two numbers.",
         "Print the sum of 2 and 3.",
-    ], turns
-    # The server's versioned edit put the program at the end of the selection, in the buffer (unsaved).
-    assert "\n".join(out["after"]) == "\n".join(out["before"]) + program
+    ]
+    # The server's versioned edit replaced the two selected lines with the program (in the buffer, unsaved).
+    after = "\n".join(out["after"]) + "\n"
+    assert after == program + "done = True\n"
+    for turn in result["turns"]:  # each comment exactly once, its code right after it
+        assert turn["code"].strip(), turn
+        assert after.count(turn["prompt"]) == 1
+        assert f"# {turn['prompt']}\n{turn['code']}" in after
     assert out["modified"] is True
+    # One undo step restores the selection's text.
+    assert out["undo_steps"] == 1 and out["undone"] == out["before"]
 
 
 def test_settings_reach_the_server(nvim_bin, tmp_path, opts):
@@ -351,6 +388,10 @@ def test_checkhealth_names_the_model_the_builtin_stands_in_for(nvim_bin, tmp_pat
     local buf, client = H.open(DIR .. "/stand_in.py", { "x = 1" })
     H.type("A")
     H.out.item = H.inline_sync(client, buf)  -- the first request loads the model: the built-in one stands in
+    local status = require("codegen_lsp.status")
+    H.out.statusline = H.wait_for("the statusline to name the stand-in", function()
+      return status.statusline():find("instead of", 1, true) and status.statusline()
+    end, 30000)
     vim.cmd("checkhealth codegen_lsp")
     H.wait_for("the health report", function()
       return table.concat(H.lines(0), "\\n"):find("device:", 1, true)
@@ -363,3 +404,4 @@ def test_checkhealth_names_the_model_the_builtin_stands_in_for(nvim_bin, tmp_pat
     assert "WARNING" in line and "model: builtin, standing in:" in line, report
     assert "no-model" in line and "has no config.json" in line, report
     assert "OK device: cpu" in report, report
+    assert out["statusline"] == "codegen: builtin instead of no-model"

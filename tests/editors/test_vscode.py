@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,8 @@ def code_server(tools, tmp_path_factory, editor_checkpoint, server_cmd):
             "--disable-update-check",
             "--disable-workspace-trust",
             "--disable-getting-started-override",
+            "--enable-proposed-api",  # partial accepts reach the extension (inlineCompletionsAdditions)
+            "codegen-lsp.codegen-lsp",
             str(folder),
         ],
         env=env,
@@ -280,19 +283,37 @@ def test_ghost_text_in_code_server(tools, code_server, editor_checkpoint, server
     assert json.loads(out["settingsJson"])["codegenLsp.maxNewTokens"] == MAX_TOKENS_AFTER
     second = out["second"]
     assert "\n".join([second["inline"], *second["below"]]) == ref2
-    # Tab accepted the suggestion into the document.
-    assert out["afterTab"][: text2.count("\n") + 1] == (text2 + ref2).split("\n")
-    # The synthesis command inserted the server's program after the selected comment lines.
+    # Ctrl+Right accepted its first word, Tab the rest: the document holds the suggestion, and the server
+    # counted one partial and one whole acceptance (the figures "CodeGen: Show status" wrote).
+    n = text2.count("\n") + 1
+    took = "\n".join(out["afterWord"][:n])[len(text2) :]  # what the word accept inserted (VS Code's rule)
+    assert "\n".join(out["afterWord"][:n]).startswith(text2) and took, out["afterWord"]
+    assert ref2.startswith(took) and took != ref2, (took, ref2)
+    assert out["afterTab"][:n] == (text2 + ref2).split("\n")
+    logs = "".join(p.read_text() for p in Path(code_server["user_data"]).rglob("*CodeGen LSP*.log"))
+    shown = [json.loads(m) for m in re.findall(r"\] acceptance: (.*)$", logs, re.MULTILINE)]
+    assert shown, logs[-3000:]
+    (row,) = shown[-1]
+    assert row["accepted"] == 1 and row["partlyAccepted"] == 1, row
+    assert row["acceptedChars"] == len(ref2), row
+    # The synthesis command replaced the selected comment lines with the server's program: each comment
+    # once, its code right after it; one undo brings the selection's text back.
     uri = (code_server["folder"] / "synth.py").as_uri()
-    position = {"line": SYNTH.count("\n"), "character": len(SYNTH.split("\n")[-1])}
+    end = {"line": SYNTH.count("\n"), "character": len(SYNTH.split("\n")[-1])}
+    selection = {"start": {"line": 0, "character": 0}, "end": end}
     opts = {"model": str(editor_checkpoint), "device": "cpu", "dtype": "float32"}
     answer = reference_program(
-        server_cmd, code_server["env"], code_server["folder"], opts, uri, SYNTH, position, TURNS
+        server_cmd, code_server["env"], code_server["folder"], opts, uri, SYNTH, {"range": selection}, TURNS
     )
-    expected = (SYNTH + answer["program"]).split("\n")
+    program = answer["program"]
+    for turn in answer["turns"]:
+        assert turn["code"].strip() and program.count(turn["prompt"]) == 1, answer
+        assert f"# {turn['prompt']}\n{turn['code']}" in program
+    expected = program.split("\n")
     shown = out["synthLines"]
     assert len(shown) >= min(len(expected), 20), (shown, expected)
     assert shown == expected[: len(shown)]
+    assert out["synthUndone"] == SYNTH.split("\n")
     # A model directory with nothing in it: the built-in model stands in, and the user is told where.
     assert out["fallbackStatus"] == "CodeGen: builtin (cpu) instead of no-model", out["fallbackStatus"]
     warned = [t for t in out["notifications"] if "no-model" in t and "built-in model instead" in t]

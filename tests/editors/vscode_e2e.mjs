@@ -179,10 +179,23 @@ try {
     if (cfg.screenshot2) await page.screenshot({ path: cfg.screenshot2 });
   }
 
-  // Accept with Tab: the document then holds the suggestion.
+  // Accept the next word (Ctrl+Right), then the rest with Tab: the document then holds the suggestion.
+  await page.keyboard.press(`${mod}+ArrowRight`);
+  await sleep(500);
+  out.afterWord = await editorLines(page);
+  out.restAfterWord = await ghostText(page);
   await page.keyboard.press("Tab");
   await sleep(500);
   out.afterTab = await editorLines(page);
+  // "CodeGen: Show status" writes codegen.status (with the acceptance figures) to the output channel.
+  await page.keyboard.press("F1");
+  await page.waitForSelector(".quick-input-widget input", { state: "visible", timeout: 30000 });
+  await page.keyboard.type("CodeGen: Show status", { delay: 10 });
+  const statusCmd = page.locator(".quick-input-list .monaco-list-row", { hasText: "Show status" }).first();
+  await statusCmd.waitFor({ state: "visible", timeout: 30000 });
+  await statusCmd.click();
+  await sleep(1500);
+  log("accepted a word, then the rest; status written");
 
   if (cfg.synthFile) {
     // "CodeGen: Synthesize program from comments" on the selected comment lines of another file.
@@ -216,6 +229,12 @@ try {
     out.synthLines = await editorLines(page);
     log(`synthesized: ${out.synthLines.length} lines shown`);
     if (cfg.screenshotSynth) await page.screenshot({ path: cfg.screenshotSynth });
+    // One undo restores the selected comment lines.
+    await page.click(".editor-instance .monaco-editor .view-lines");
+    await page.keyboard.press(`${mod}+Z`);
+    await sleep(1000);
+    out.synthUndone = await editorLines(page);
+    log(`undone: ${out.synthUndone.length} lines shown`);
   }
   if (cfg.badModel) {
     // The user points codegenLsp.model at a directory that holds no model: the server warns and serves the

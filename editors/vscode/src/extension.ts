@@ -106,7 +106,8 @@ async function synthesize(): Promise<void> {
   }
   const doc = editor.document;
   let turns: string[];
-  let position: vscode.Position;
+  // Where the program goes: over the selected comment lines (each comment once, its code after it), or at the cursor.
+  let where: { range: object } | { position: object };
   if (!editor.selection.isEmpty) {
     const sel = editor.selection;
     const lastLine = sel.end.character === 0 && sel.end.line > sel.start.line ? sel.end.line - 1 : sel.end.line;
@@ -115,7 +116,10 @@ async function synthesize(): Promise<void> {
       lines.push(doc.lineAt(i).text);
     }
     turns = turnsFromLines(lines);
-    position = doc.lineAt(lastLine).range.end;
+    const end = doc.lineAt(lastLine).range.end;
+    where = {
+      range: { start: { line: sel.start.line, character: 0 }, end: { line: end.line, character: end.character } },
+    };
   } else {
     turns = [];
     for (;;) {
@@ -132,7 +136,8 @@ async function synthesize(): Promise<void> {
       }
       turns.push(turn.trim());
     }
-    position = editor.selection.active;
+    const position = editor.selection.active;
+    where = { position: { line: position.line, character: position.character } };
   }
   if (turns.length === 0) {
     vscode.window.showWarningMessage("CodeGen: no turns (select comment lines or type them one by one)");
@@ -140,7 +145,7 @@ async function synthesize(): Promise<void> {
   }
   const args = {
     textDocument: { uri: doc.uri.toString(), version: doc.version },
-    position: { line: position.line, character: position.character },
+    ...where,
     turns,
     insert: true,
   };
@@ -164,6 +169,35 @@ async function synthesize(): Promise<void> {
       }
     },
   );
+}
+
+// Acceptance statistics (local to the server): each inline item carries the server's `codegen.accepted {id}`
+// command, which VS Code runs when the item is accepted. A partial accept (a word, a line) reaches providers
+// only through the `inlineCompletionsAdditions` API proposal (VS Code run with --enable-proposed-api for this
+// extension); there the client's provider is given a handler reporting `codegen.partiallyAccepted`. Where
+// the proposal is not enabled VS Code refuses such a provider, and the plain one is registered.
+type PartialAcceptInfo = number | { acceptedLength: number };
+
+function reportPartialAccepts(): void {
+  const languages = vscode.languages as { registerInlineCompletionItemProvider: typeof vscode.languages.registerInlineCompletionItemProvider };
+  const register = languages.registerInlineCompletionItemProvider.bind(vscode.languages);
+  languages.registerInlineCompletionItemProvider = (selector, provider) => {
+    const withPartial = {
+      provideInlineCompletionItems: provider.provideInlineCompletionItems.bind(provider),
+      handleDidPartiallyAcceptCompletionItem(item: vscode.InlineCompletionItem, info: PartialAcceptInfo): void {
+        const id = (item.command?.arguments?.[0] as { id?: unknown } | undefined)?.id;
+        const acceptedLength = typeof info === "number" ? info : info?.acceptedLength;
+        if (typeof id === "string" && typeof acceptedLength === "number") {
+          executeServerCommand("codegen.partiallyAccepted", [{ id, acceptedLength }]).catch(() => undefined);
+        }
+      },
+    };
+    try {
+      return register(selector, withPartial);
+    } catch {
+      return register(selector, provider); // the API proposal is not enabled for this extension
+    }
+  };
 }
 
 function createClient(): LanguageClient {
@@ -283,6 +317,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<{ clie
   statusItem.name = "CodeGen LSP";
   statusItem.command = "codegenLsp.showStatus";
   statusItem.show();
+  reportPartialAccepts();
   context.subscriptions.push(
     output,
     statusItem,

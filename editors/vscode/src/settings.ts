@@ -16,6 +16,7 @@ export const SCALAR_SETTINGS = [
   "debounceMs",
   "maxLatencyMs",
   "prefillOnOpen",
+  "prefetch",
   "cacheBudgetMb",
   "modelMemoryBudgetMb",
   "logLevel",

@@ -7,7 +7,9 @@ local TRIGGER_INVOKED, TRIGGER_AUTOMATIC = 1, 2
 
 local typed_popup_trigger
 
--- Per buffer: { client, timer, request_id, suggestion = { text, row, col, end_col, tick } }
+-- Per buffer: { client, timer, request_id, suggestion = { text, row, col, end_col, tick, command, taken } }
+-- `command` is the item's `codegen.accepted {id}` (run on acceptance; acceptance statistics stay on the
+-- machine), `taken` the characters of the item already accepted by the accept-line/accept-word keys.
 local state = {}
 
 local function set_hl()
@@ -125,7 +127,27 @@ local function suggestion_from(bufnr, item, row, col, encoding)
   if text == "" then
     return nil
   end
-  return { text = text, row = row, col = col, end_col = math.max(end_col, col), tick = vim.b[bufnr].changedtick }
+  local sug = { text = text, row = row, col = col, end_col = math.max(end_col, col), tick = vim.b[bufnr].changedtick }
+  sug.command, sug.taken = item.command, 0
+  return sug
+end
+
+-- Tell the server what the user took: the item's command on a whole accept, `codegen.partiallyAccepted`
+-- with the characters taken so far on a partial one.
+local function report(bufnr, sug, taken)
+  local cmd, s = sug.command, state[bufnr]
+  if type(cmd) ~= "table" or type(cmd.command) ~= "string" or not s then
+    return
+  end
+  local params = { command = cmd.command, arguments = cmd.arguments }
+  local id = type(cmd.arguments) == "table" and type(cmd.arguments[1]) == "table" and cmd.arguments[1].id
+  if taken then
+    if not id then
+      return
+    end
+    params = { command = "codegen.partiallyAccepted", arguments = { { id = id, acceptedLength = taken } } }
+  end
+  require("codegen_lsp").request(s.client, "workspace/executeCommand", params, function() end, bufnr)
 end
 
 --- Ask the server for a suggestion at the cursor now.
@@ -215,30 +237,52 @@ function M.accept(bufnr)
   cancel(bufnr)
   insert(bufnr, sug, sug.text)
   state[bufnr].skip_tick = vim.b[bufnr].changedtick
+  report(bufnr, sug)
   return true
 end
 
---- Accept the suggestion up to the end of its current line; the rest stays as ghost text.
-function M.accept_line(bufnr)
+-- Accept the head `split(text)` of the suggestion; the rest stays as ghost text (accepting nothing is a no).
+local function accept_part(bufnr, split)
   bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
   local sug = valid(bufnr)
   if not sug then
     return false
   end
-  -- A suggestion starting with a line break accepts that break and the next line.
-  local nl = sug.text:find("\n", 2, true)
-  local head = nl and sug.text:sub(1, nl - 1) or sug.text
-  local rest = nl and sug.text:sub(nl) or ""
+  local head = split(sug.text)
+  if not head or head == "" then
+    return false
+  end
+  if head == sug.text then
+    return M.accept(bufnr)
+  end
+  local rest = sug.text:sub(#head + 1)
   M.clear(bufnr)
   cancel(bufnr)
   local row, col = insert(bufnr, sug, head)
   local s = state[bufnr]
   s.skip_tick = vim.b[bufnr].changedtick
-  if rest ~= "" then
-    s.suggestion = { text = rest, row = row, col = col, end_col = col, tick = vim.b[bufnr].changedtick }
-    render(bufnr, s.suggestion)
-  end
+  local taken = sug.taken + vim.fn.strchars(head)
+  s.suggestion = { text = rest, row = row, col = col, end_col = col, tick = vim.b[bufnr].changedtick }
+  s.suggestion.command, s.suggestion.taken = sug.command, taken
+  render(bufnr, s.suggestion)
+  report(bufnr, sug, taken)
   return true
+end
+
+--- Accept the suggestion up to the end of its current line; the rest stays as ghost text.
+function M.accept_line(bufnr)
+  return accept_part(bufnr, function(text)
+    -- A suggestion starting with a line break accepts that break and the next line.
+    local nl = text:find("\n", 2, true)
+    return nl and text:sub(1, nl - 1) or text
+  end)
+end
+
+--- Accept the suggestion's next word (with the blanks before it, or a run of punctuation).
+function M.accept_word(bufnr)
+  return accept_part(bufnr, function(text)
+    return text:match("^%s*[%w_]+") or text:match("^%s*[^%w_%s]+") or text:match("^%s+")
+  end)
 end
 
 --- Dismiss the ghost text; false when none was shown.
@@ -350,6 +394,7 @@ function M.attach(client, bufnr, opts)
   local km = opts.keymaps or {}
   map(bufnr, km.accept, M.accept, "codegen_lsp: accept suggestion")
   map(bufnr, km.accept_line, M.accept_line, "codegen_lsp: accept suggestion line")
+  map(bufnr, km.accept_word, M.accept_word, "codegen_lsp: accept suggestion word")
   map(bufnr, km.dismiss, M.dismiss, "codegen_lsp: dismiss suggestion")
   map(bufnr, km.trigger, function(b)
     M.request(b, TRIGGER_INVOKED)

@@ -33,6 +33,7 @@ M.defaults = {
     keymaps = {
       accept = "<M-l>",
       accept_line = "<M-Right>",
+      accept_word = "<C-Right>",
       dismiss = "<C-]>",
       trigger = "<M-\\>",
     },

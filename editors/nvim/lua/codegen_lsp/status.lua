@@ -2,6 +2,23 @@
 local M = {}
 
 M.progress = nil -- { title, message, percentage } while the server reports work in progress
+M.summary = nil -- the last `codegen.status` headline (require("codegen_lsp").summarize), for the statusline
+
+local function redraw()
+  vim.schedule(function()
+    vim.cmd("redrawstatus")
+  end)
+end
+
+--- Ask the server for its status (asynchronously) and keep the headline for the statusline.
+function M.refresh()
+  require("codegen_lsp").execute("codegen.status", {}, function(err, result)
+    if not err and result then
+      M.summary = require("codegen_lsp").summarize(result)
+      redraw()
+    end
+  end)
+end
 
 function M.on_progress(result)
   local value = result and result.value
@@ -10,6 +27,7 @@ function M.on_progress(result)
   end
   if value.kind == "end" then
     M.progress = nil
+    M.refresh() -- a model finished loading: which one (and what it stands in for) changed
   else
     M.progress = {
       title = value.title or (M.progress and M.progress.title) or "codegen",
@@ -17,12 +35,15 @@ function M.on_progress(result)
       percentage = value.percentage,
     }
   end
-  vim.schedule(function()
-    vim.cmd("redrawstatus")
-  end)
+  redraw()
 end
 
---- A short string for the statusline: "codegen: loading 40%", "codegen" or "".
+local function base(name)
+  return vim.fn.fnamemodify(tostring(name), ":t")
+end
+
+--- A short string for the statusline: "codegen: loading 40%", "codegen: builtin instead of X" while the
+--- built-in model stands in for the configured one, "codegen" or "".
 function M.statusline()
   if not require("codegen_lsp").get_client(0) then
     return ""
@@ -30,6 +51,10 @@ function M.statusline()
   local p = M.progress
   if p then
     return ("codegen: %s%s"):format(p.message or p.title, p.percentage and (" " .. p.percentage .. "%") or "")
+  end
+  local sum = M.summary
+  if sum and sum.stands_in_for then
+    return ("codegen: %s instead of %s"):format(base(sum.model), base(sum.stands_in_for))
   end
   return "codegen"
 end
@@ -57,6 +82,8 @@ function M.show()
       return
     end
     local sum = require("codegen_lsp").summarize(result)
+    M.summary = sum
+    redraw()
     local head = ("model: %s%s\ndevice: %s (%s)\nlast empty answer: %s"):format(
       tostring(sum.model),
       sum.stands_in_for and (" (instead of " .. sum.stands_in_for .. ")") or "",

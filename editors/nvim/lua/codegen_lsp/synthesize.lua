@@ -1,4 +1,5 @@
--- :CodegenSynthesize: multi-turn program synthesis; the server inserts the program with a versioned edit.
+-- :CodegenSynthesize: multi-turn program synthesis; the server writes the program with a versioned edit
+-- (over the selected comment lines, or at the cursor).
 local M = {}
 
 -- Comment leaders stripped from selected lines, longest first.
@@ -36,8 +37,9 @@ function M.turns_from_args(args)
   return turns
 end
 
---- Run synthesis in `bufnr`: `turns` and the 0-based position where the program goes.
-function M.run(bufnr, turns, position, callback)
+--- Run synthesis in `bufnr`: `turns` and where the program goes: `where.position` (0-based, inserted there)
+--- or `where.range` (the selected lines, replaced by the program).
+function M.run(bufnr, turns, where, callback)
   local init = require("codegen_lsp")
   local client = init.get_client(bufnr)
   if not client then
@@ -51,7 +53,8 @@ function M.run(bufnr, turns, position, callback)
   local version = vim.lsp.util.buf_versions[bufnr] or vim.b[bufnr].changedtick
   local args = {
     textDocument = { uri = vim.uri_from_bufnr(bufnr), version = version },
-    position = position,
+    position = where.position,
+    range = where.range,
     turns = turns,
     insert = true,
   }
@@ -75,23 +78,23 @@ end
 function M.command(cmd)
   local bufnr = vim.api.nvim_get_current_buf()
   local client = require("codegen_lsp").get_client(bufnr)
-  local turns, position
+  local turns, where
   if cmd.range > 0 then
     local lines = vim.api.nvim_buf_get_lines(bufnr, cmd.line1 - 1, cmd.line2, false)
     turns = M.turns_from_lines(lines)
-    -- The program goes at the end of the last selected line.
+    -- The program replaces the selected lines: each comment once, its code after it.
     local last = lines[#lines] or ""
     local char = require("codegen_lsp").char_index(last, client and client.offset_encoding or "utf-16")
-    position = { line = cmd.line2 - 1, character = char }
+    where = { range = { start = { line = cmd.line1 - 1, character = 0 }, ["end"] = { line = cmd.line2 - 1, character = char } } }
   else
     turns = M.turns_from_args(cmd.args)
     local params = vim.lsp.util.make_position_params(0, client and client.offset_encoding or "utf-16")
-    position = params.position
+    where = { position = params.position }
   end
   if #cmd.args > 0 and cmd.range > 0 then
     vim.list_extend(turns, M.turns_from_args(cmd.args))
   end
-  M.run(bufnr, turns, position)
+  M.run(bufnr, turns, where)
 end
 
 return M
