@@ -22,6 +22,19 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
 
 class WeightSource:
     """Tensors of a checkpoint, read one at a time from memory-mapped files."""
@@ -48,6 +61,13 @@ class WeightSource:
         if isinstance(h, dict):
             return tuple(h[name].shape)
         return tuple(h.get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The tensor's stored dtype, without reading its data when the format allows."""
+        h = self._handle(self._file_of[name])
+        if isinstance(h, dict):
+            return h[name].dtype
+        return _SAFETENSORS_DTYPES[h.get_slice(name).get_dtype()]
 
     def get(self, name: str) -> Tensor:
         """The tensor on CPU as stored (memory-mapped where possible)."""

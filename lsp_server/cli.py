@@ -1,4 +1,4 @@
-"""`codegen-lsp complete | serve | synthesize`. Logs go to stderr; stdout carries only the result."""
+"""`codegen-lsp complete | serve | synthesize | export`. Logs go to stderr; stdout carries only the result."""
 
 from __future__ import annotations
 
@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--language", default=None, help="LSP language id (default: from the file suffix)")
     c.add_argument("--mode", choices=MODES, default=None, help="completion mode (default: the server's)")
     c.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    c.add_argument("--remote-url", default=None, help="OpenAI-compatible server, e.g. http://host:8000/v1")
+    c.add_argument("--remote-model", default=None, help="the served model's name (with --remote-url)")
+    c.add_argument(
+        "--remote-tokenizer",
+        default=None,
+        help="tokenizer of the served model (default: codegen-350M-mono's)",
+    )
 
     s = sub.add_parser("serve", help="run the language server (stdio by default)")
     s.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
@@ -70,7 +77,46 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--file", default=None, help="existing program the turns continue (optional)")
     y.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     y.add_argument("turns", nargs="+", help="one instruction per turn")
+
+    e = sub.add_parser("export", help="write a CodeGen checkpoint as GPT-J (what vLLM serves)")
+    e.add_argument("--format", choices=("gptj",), default="gptj", help="output architecture (gptj)")
+    e.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="default: as stored"
+    )
+    e.add_argument("--max-shard-size", default="2GB", help="largest weight file, e.g. 500MB, 2GB (default)")
+    e.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    e.add_argument("src", help="CodeGen checkpoint directory or hub id")
+    e.add_argument("dst", help="new (or empty) output directory")
     return p
+
+
+def parse_size(text: str) -> int:
+    """'500MB', '2GB', '1.5GiB', '4096' -> bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        value = float(num)
+        unit = units[t[len(num) :]]
+    except (ValueError, KeyError):
+        raise CliError(f"--max-shard-size {text!r}: use a size like 500MB or 2GB") from None
+    if value <= 0:
+        raise CliError(f"--max-shard-size {text!r} must be positive")
+    return int(value * unit)
+
+
+def export(args: argparse.Namespace) -> int:
+    """`codegen-lsp export`: convert a CodeGen checkpoint; stdout gets the output directory."""
+    from inference.errors import ModelLoadError
+    from inference.export import export_gptj
+
+    try:
+        out = export_gptj(args.src, Path(args.dst), args.dtype, parse_size(args.max_shard_size))
+    except (CliError, ModelLoadError, OSError) as exc:
+        print(f"codegen-lsp export: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(f"{out}\n")
+    return 0
 
 
 def text_before(text: str, line: int | None, character: int | None) -> str:
@@ -126,13 +172,20 @@ def complete(args: argparse.Namespace) -> int:
             seed=args.seed,
             stop_patterns=stops,
         )
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        if args.remote_url or args.remote_model:
+            engine = remote_engine(args)
+        else:
+            loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+            if loaded.notice:
+                print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
+            engine = Engine(loaded, max_context=None)
     except (CliError, ModelLoadError, ValueError) as exc:
         print(f"codegen-lsp complete: error: {exc}", file=sys.stderr)
         return 2
-    if loaded.notice:
-        print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
-    result = Engine(loaded, max_context=None).generate("cli", prompt, params)
+    result = engine.generate("cli", prompt, params)
+    if result.stop_reason == "remote_unavailable":
+        print(f"codegen-lsp complete: remote_unavailable: {result.extra['remote_error']}", file=sys.stderr)
+        return 1
     out = result.text if args.raw else trim(result.text, stops)
     log.info(
         "%d prompt tokens%s, %d generated (%s), prefill %.0f ms, decode %.0f ms",
@@ -146,6 +199,27 @@ def complete(args: argparse.Namespace) -> int:
     sys.stdout.write(out)
     sys.stdout.flush()
     return 0
+
+
+def remote_engine(args: argparse.Namespace):
+    """The remote backend of `complete --remote-url U --remote-model M`."""
+    from inference.errors import ModelLoadError
+    from lsp_server.remote import DEFAULT_TOKENIZER, RemoteEngine, RemoteSpec, load_tokenizer_for
+
+    if not (args.remote_url and args.remote_model):
+        raise CliError("--remote-url and --remote-model go together")
+    spec = RemoteSpec.from_dict(
+        {
+            "url": args.remote_url,
+            "model": args.remote_model,
+            "tokenizer": args.remote_tokenizer or DEFAULT_TOKENIZER,
+        }
+    )
+    try:
+        tokenizer = load_tokenizer_for(spec.tokenizer)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer {spec.tokenizer!r}: {exc}") from exc
+    return RemoteEngine(spec, tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "complete":
         return complete(args)
+    if args.command == "export":
+        return export(args)
     from lsp_server.synthesis import main as synthesize_main
 
     return synthesize_main(args) or 0

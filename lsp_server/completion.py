@@ -13,6 +13,7 @@ from lsp_server import postprocess
 from lsp_server.documents import Document
 from lsp_server.models import ModelUnavailable
 from lsp_server.prefetch import Prefetcher
+from lsp_server.progress import show
 from lsp_server.prompt import PromptWindow, cut_prompt
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ BLANK = "blank"  # only white space was generated
 SUFFIX_ONLY = "suffix_only"  # the completion only repeated the text after the cursor
 CONTEXT_FULL = "context_full"  # no room left in the model's window
 MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
+REMOTE_UNAVAILABLE = "remote_unavailable"  # the remote server did not answer (codegen.status: why)
 ERROR = "error"  # an unexpected error (logged with its traceback)
 DOCUMENT_CHANGED = "document_changed"  # the document was edited or closed while the answer was computed
 
@@ -91,6 +93,7 @@ class Completer:
         self.suggestions: dict[str, Suggestion] = {}
         self.stats = Stats()
         self.prefilling: str | None = None  # the document of the latest prefill-on-open job
+        self.outages_told: dict[int, int] = {}  # id(remote engine) -> its outages the user was told of
         self.prefetch = Prefetcher(self)  # the completion after the last suggestion, computed ahead
 
     def forget(self, uri: str | None = None) -> None:
@@ -182,6 +185,8 @@ class Completer:
             return self._answer(uri, Outcome(start=start, end=end, reason=ERROR), t0)
         if result.stop_reason == "cancelled":
             return self._answer(uri, Outcome(start=start, end=end, reason=CANCELLED), t0)
+        if result.stop_reason == REMOTE_UNAVAILABLE:
+            self.tell_outage(entry.engine, result.extra["remote_error"])
         completion = postprocess.trim(result.text, patterns)
         self.record(result, t0)
         if completion:
@@ -228,6 +233,13 @@ class Completer:
         """Whether the live document is no longer the text `snap` was taken from (edited or closed)."""
         live = self.server.documents.find(snap.uri)
         return live is None or live.version != snap.version or live.text is not snap.text
+
+    def tell_outage(self, engine, error: str) -> None:
+        """One message per outage of a remote server (whichever request, prefetch included, met it first)."""
+        outages = engine.state.outages
+        if self.outages_told.get(id(engine)) != outages:
+            self.outages_told[id(engine)] = outages
+            show(self.server, f"codegen: the completion server is unavailable: {error}")
 
     def generator(self, uri: str, entry, before: str, patterns: list[str]):
         """The function the worker runs: cut the prompt, then generate in the document's session."""
@@ -344,6 +356,8 @@ class Completer:
 
     @staticmethod
     def why_empty(result) -> str:
+        if result.stop_reason == REMOTE_UNAVAILABLE:
+            return REMOTE_UNAVAILABLE
         if result.stop_reason == "eos" and len(result.token_ids) <= 1:
             return EOS_AT_ONCE
         if result.stop_reason == "context_full":

@@ -4,6 +4,7 @@ within `modelMemoryBudgetMb`, and a one-time message when the built-in model sta
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -11,11 +12,13 @@ from typing import Any
 
 from lsprotocol import types
 
+from inference.errors import ModelLoadError
 from lsp_server.progress import Progress, show
 from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 BUILTIN = "builtin"
+REMOTE = "remote"  # the device of a model served by a remote server
 
 
 class ModelUnavailable(Exception):
@@ -87,6 +90,11 @@ class ModelManager:
         device = resolve_device(self.settings.device)
         return (name, device, resolve_dtype(self.settings.dtype, device))
 
+    def key_of(self, language: str) -> tuple[str, str, str]:
+        """The key of what serves `language`: a local model, or a remote server (device `remote`)."""
+        remote = self.settings.remote_for(language)
+        return remote_key(remote) if remote else self.key_for(self.settings.model_for(language))
+
     def update_settings(self, settings: Settings) -> None:
         """New settings: forget failures, unload models no language uses any more, resize the KV caches."""
         if settings.cache_budget_mb != self.settings.cache_budget_mb:
@@ -94,7 +102,7 @@ class ModelManager:
         self.settings = settings
         self.failures.clear()
         self._told.clear()
-        wanted = {self.key_for(settings.model)} | {self.key_for(m) for m in settings.language_models.values()}
+        wanted = {self.key_of("")} | {self.key_of(lang) for lang in settings.language_models}
         for key in list(self.entries):
             entry = self.entries[key]
             stand_in = entry.stands_in_for is not None and self.key_for(entry.stands_in_for) in wanted
@@ -105,9 +113,9 @@ class ModelManager:
 
     def _resize_caches(self, budget: int) -> None:
         """Every engine's cache pool to `budget` bytes, on the inference thread (it takes the engine lock)."""
-        engines = [e.engine for e in self.entries.values()]
+        engines = [e.engine for e in self.entries.values() if hasattr(e.engine, "set_cache_budget")]
         if engines:
-            off_loop(self.worker, lambda: [e.set_cache_budget(budget) for e in engines])
+            off_loop(self.worker, lambda: [e.set_cache_budget(budget) for e in engines])  # local only
 
     def unload(self, key) -> None:
         entry = self.entries.pop(key, None)
@@ -117,7 +125,7 @@ class ModelManager:
 
     def loaded_for(self, language: str) -> ModelEntry | None:
         """The entry already serving `language`, without loading anything."""
-        key = self.key_for(self.settings.model_for(language))
+        key = self.key_of(language)
         entry = self.entries.get(key)
         if entry is None:
             entry = next((e for e in self.entries.values() if e.stands_in_for == key[0]), None)
@@ -128,7 +136,7 @@ class ModelManager:
         entry = self.loaded_for(language)
         if entry is not None:
             return entry
-        loading = self._loading.get(self.key_for(self.settings.model_for(language)))
+        loading = self._loading.get(self.key_of(language))
         if loading is None:
             return None
         try:
@@ -139,8 +147,8 @@ class ModelManager:
 
     async def get(self, language: str) -> ModelEntry:
         """The model for `language`, loading it (or the built-in stand-in) on first use."""
-        name = self.settings.model_for(language)
-        key = self.key_for(name)
+        key = self.key_of(language)
+        name = key[0]
         try:
             entry = await self._get(key)
         except ModelUnavailable as e:
@@ -180,13 +188,16 @@ class ModelManager:
         from inference.loader import load_model
 
         name, device, dtype = key
-        progress = await Progress(self.ls, f"codegen: loading {name}").begin(f"{device}, {dtype}")
+        detail = "remote server" if device == REMOTE else f"{device}, {dtype}"
+        progress = await Progress(self.ls, f"codegen: loading {name}").begin(detail)
 
         def on_progress(*args, **kwargs) -> None:
             progress.report(" ".join(str(a) for a in (*args, *kwargs.values()) if a is not None))
 
         def load() -> ModelEntry:
             t0 = time.perf_counter()
+            if device == REMOTE:
+                return remote_entry(json.loads(dtype), t0)
             loaded = load_model(name, device=device, dtype=dtype, progress=on_progress, allow_fallback=False)
             engine = Engine(loaded, cache_budget_bytes=self.settings.cache_budget_mb << 20)
             return ModelEntry(
@@ -214,8 +225,10 @@ class ModelManager:
         if budget <= 0:
             return
         cache = self.settings.cache_budget_mb << 20
-        while sum(e.weight_bytes + cache for e in self.entries.values()) > budget and len(self.entries) > 1:
-            lru = min((e for e in self.entries.values() if e.key != keep), key=lambda e: e.last_used)
+        local = [e for e in self.entries.values() if e.device != REMOTE]
+        while sum(e.weight_bytes + cache for e in local) > budget and len(local) > 1:
+            lru = min((e for e in local if e.key != keep), key=lambda e: e.last_used)
+            local.remove(lru)
             self.unload(lru.key)
 
     def status(self) -> list[dict]:
@@ -241,6 +254,8 @@ class ModelManager:
 
 def _free(entry: ModelEntry) -> None:
     entry.engine.clear_cache()
+    if entry.device == REMOTE:
+        entry.engine.close()
     if entry.device.startswith("cuda"):
         import torch
 
@@ -261,6 +276,25 @@ def off_loop(worker, fn) -> None:
         fn()
         return
     asyncio.ensure_future(worker.call(fn)).add_done_callback(done)
+
+
+def remote_key(spec: dict) -> tuple[str, str, str]:
+    """(name, 'remote', the spec as JSON): another url, model or tokenizer is another entry."""
+    return (f"{spec['model']} @ {spec['url']}", REMOTE, json.dumps(spec, sort_keys=True))
+
+
+def remote_entry(spec: dict, t0: float) -> ModelEntry:
+    """A ModelEntry whose engine is a remote server (runs on the inference thread: reads the tokenizer)."""
+    from lsp_server.remote import RemoteEngine, RemoteSpec, load_tokenizer_for
+
+    rs = RemoteSpec.from_dict(spec)
+    try:
+        tokenizer = load_tokenizer_for(rs.tokenizer)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the remote model's tokenizer {rs.tokenizer!r}: {exc}") from exc
+    engine = RemoteEngine(rs, tokenizer)
+    key = remote_key(spec)
+    return ModelEntry(key[0], REMOTE, key[2], engine.loaded, engine, 0, time.perf_counter() - t0)
 
 
 def _is_load_error(e: Exception) -> bool:

@@ -98,10 +98,35 @@ def _patterns(v: dict[str, list[str]]) -> dict[str, list[str]]:
     return v
 
 
-def _non_empty(v: dict[str, str]) -> dict[str, str]:
-    if not all(v.values()):
-        raise ValueError("a model name must not be empty")
-    return v
+def _models(v: dict) -> dict[str, Any]:
+    """{language: model name, or {"remote": {...}}} (a remote spec checked by lsp_server/remote.py)."""
+    for lang, m in v.items():
+        if not (isinstance(m, str) and m or isinstance(m, dict) and set(m) == {"remote"}):
+            raise ValueError(f'{lang!r}: expected a model name or {{"remote": {{...}}}}, got {_show(m)}')
+    return {
+        k: m if isinstance(m, str) else {"remote": _remote(m["remote"], allow_off=False)}
+        for k, m in v.items()
+    }
+
+
+def _remote(v: Any, allow_off: bool = True) -> dict:
+    """{} (the local engine) or a remote server's spec, checked and normalised by RemoteSpec."""
+    from lsp_server.remote import RemoteSpec
+
+    return {} if v == {} and allow_off else RemoteSpec.from_dict(v).to_dict()
+
+
+_REMOTE_SCHEMA = {
+    "type": "object",
+    "default": {},
+    "properties": {
+        "url": {"type": "string", "description": "OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1"},
+        "model": {"type": "string", "description": "The served model's name."},
+        "apiKeyEnv": {"type": "string", "description": "Environment variable holding the API key."},
+        "timeoutMs": {"type": "integer", "minimum": 100, "maximum": 600000, "default": 10000},
+        "tokenizer": {"type": "string", "default": "Salesforce/codegen-350M-mono"},
+    },
+}
 
 
 _MODE_SCHEMA = {
@@ -181,10 +206,10 @@ TABLE: tuple[Option, ...] = (
     ),
     Option(
         "languageModels",
-        dict[str, str],
+        dict,
         {},
-        "{language: model}, e.g. a Japanese model for markdown",
-        check=_non_empty,
+        '{language: model}, e.g. a Japanese model for markdown; `{"remote": {...}}`: from a team server',
+        check=_models,
     ),
     Option("cacheBudgetMb", int, 512, "KV-cache memory per model over all documents (MiB)", lo=1, hi=1 << 20),
     Option(
@@ -196,6 +221,15 @@ TABLE: tuple[Option, ...] = (
         hi=1 << 24,
     ),
     Option("logLevel", str, "info", "server log level", choices=LOG_LEVELS),
+    Option(
+        "remote",
+        dict,
+        {},
+        "completions from a team server (vLLM), `{url, model, apiKeyEnv?, timeoutMs?, tokenizer?}`; "
+        "`{}` = the local engine (docs/TEAM-SERVER.md)",
+        check=_remote,
+        schema=_REMOTE_SCHEMA,
+    ),
     Option(
         "synthesisIdleSeconds",
         float,
@@ -232,8 +266,16 @@ class _Methods:
         return self.completion_mode.get(language, self.completion_mode.get("*", "block"))
 
     def model_for(self, language: str) -> str:
-        """The model name that serves one language."""
-        return self.language_models.get(language, self.model)
+        """The local model name that serves one language (when it is not served remotely)."""
+        m = self.language_models.get(language, self.model)
+        return m if isinstance(m, str) else self.model
+
+    def remote_for(self, language: str) -> dict | None:
+        """The remote server that serves one language, or None when a local model does."""
+        m = self.language_models.get(language)
+        if isinstance(m, dict):
+            return m["remote"]
+        return None if m is not None else (self.remote or None)
 
 
 Settings = dataclasses.make_dataclass(
@@ -272,8 +314,8 @@ def _strict(kind: type, what: str):
 def _object(v: Any, type_) -> dict:
     """A JSON object, structured by cattrs' own dict hook (cattrs would call .items() on anything)."""
     if not isinstance(v, dict):
-        raise ValueError(f"expected an object {{language: ...}}, got {_show(v)}")
-    return _DICT_HOOKS[type_](v, type_)
+        raise ValueError(f"expected an object, got {_show(v)}")
+    return _DICT_HOOKS[type_](v, type_) if type_ in _DICT_HOOKS else dict(v)
 
 
 def _str_or_modes(v: Any, _type):
@@ -294,6 +336,7 @@ converter.register_structure_hook(str, _strict(str, "a string"))
 _DICT_HOOKS = {t: converter.get_structure_hook(t) for t in (dict[str, str], dict[str, list[str]])}  # cattrs'
 converter.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _object)
 converter.register_structure_hook(str | dict[str, str], _str_or_modes)
+converter.register_structure_hook(dict, lambda v, _t: _object(v, dict))  # any JSON object; checks follow
 
 
 def _list_or_str(v: Any) -> Any:

@@ -37,12 +37,7 @@ def type_text(o: Option) -> str:
         return f"{o.type.__name__} {span}"
     if o.choices:
         return "str: " + ", ".join(f"`{c}`" for c in o.choices)
-    names = {
-        str: "str",
-        bool: "bool",
-        dict[str, str]: "{language: str}",
-        dict[str, list[str]]: "{language: [regex]}",
-    }
+    names = {str: "str", bool: "bool", dict: "object", dict[str, list[str]]: "{language: [regex]}"}
     return names.get(o.type, "str or {language: str}")
 
 
@@ -67,13 +62,11 @@ def vscode_schema(o: Option) -> dict:
         out = {"type": "boolean", "default": o.default}
     elif o.type is str:
         out = {"type": "string", "default": o.default, **({"enum": list(o.choices)} if o.choices else {})}
-    else:
-        value = (
-            {"type": "array", "items": {"type": "string"}}
-            if o.type == dict[str, list[str]]
-            else {"type": "string"}
-        )
+    elif o.type == dict[str, list[str]]:
+        value = {"type": "array", "items": {"type": "string"}}
         out = {"type": "object", "default": o.default, "additionalProperties": value}
+    else:
+        out = {"type": "object", "default": o.default}
     out["markdownDescription"] = o.doc[0].upper() + o.doc[1:] + "."
     return out
 

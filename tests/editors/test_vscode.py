@@ -80,6 +80,7 @@ def test_extension_compiles_and_packages(tools):
         "temperature",
         "completionMode",
         "languageModels",
+        "remote",
     ):
         assert f"codegenLsp.{key}" in settings
     # The compiled code is the current source (ci-setup.sh compiles before packaging).

@@ -1,0 +1,189 @@
+"""The remote backend against a fake OpenAI-compatible streaming server: requests, stops, faults."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from inference.generate import GenerationParams
+from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
+from tests.checkpoints import CODEGEN_TOKENIZER_DIR
+from tests.fake_openai import FakeOpenAI
+from tests.vllm_server import free_port
+
+TOKENIZER = load_tokenizer_for(str(CODEGEN_TOKENIZER_DIR))
+ANSWER = "    return a + b\n\n# done\nprint(1)\n" + "x = 1\n" * 100
+PROMPT = "def add(a, b):\n"
+
+
+@pytest.fixture
+def fake():
+    server = FakeOpenAI(TOKENIZER, TOKENIZER.encode(ANSWER))
+    yield server
+    server.stop()
+
+
+def engine_for(url: str, **kw) -> RemoteEngine:
+    spec = RemoteSpec.from_dict({"url": url, "model": "fake", "tokenizer": str(CODEGEN_TOKENIZER_DIR), **kw})
+    return RemoteEngine(spec, TOKENIZER)
+
+
+def test_literal_stops_are_sent_anchored_ones_stay_here():
+    pats = [re.escape("<|endoftext|>"), "\n\n\n", "^#", "^'''", r"\n\s*\n", "'''"]
+    assert literal_stops(pats) == ["<|endoftext|>", "\n\n\n", "'''"]
+
+
+@pytest.mark.parametrize(
+    "spec, error",
+    [
+        ({"model": "m"}, "url must be an http"),
+        ({"url": "ftp://x", "model": "m"}, "url must be an http"),
+        ({"url": "http://h:8000/v1"}, "model must be"),
+        ({"url": "http://h:8000/v1", "model": "m", "timeoutMs": 5}, "timeoutMs"),
+        ({"url": "http://h:8000/v1", "model": "m", "apiKeyEnv": ""}, "apiKeyEnv"),
+        ({"url": "http://h:8000/v1", "model": "m", "colour": 1}, "unknown field"),
+        ("http://h:8000/v1", "expected an object"),
+    ],
+    ids=[
+        "no-url",
+        "ftp-url",
+        "no-model",
+        "timeout-too-small",
+        "empty-key-env",
+        "unknown-field",
+        "not-object",
+    ],
+)
+def test_bad_spec(spec, error):
+    with pytest.raises(RemoteSpecError, match=error):
+        RemoteSpec.from_dict(spec)
+
+
+def test_request_and_streamed_answer(fake, monkeypatch):
+    monkeypatch.setenv("TEAM_KEY", "sekrit")
+    eng = engine_for(fake.url, apiKeyEnv="TEAM_KEY")
+    assert eng.loaded.config.n_positions == 512  # the server's max_model_len
+    params = GenerationParams(max_new_tokens=12, temperature=0.2, top_p=0.9, stop_patterns=["\n\n\n", "^#"])
+    r = eng.session("doc").generate(PROMPT, params)
+    body = fake.requests[-1]
+    assert body["prompt"] == TOKENIZER.encode(PROMPT)  # the cut prompt, as token ids
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["stream"]) == (12, 0.2, 0.9, True)
+    assert body["stop"] == ["\n\n\n"] and body["model"] == "fake"
+    assert fake.headers[-1]["Authorization"] == "Bearer sekrit"
+    assert r.text == "    return a + b\n\n" and r.stop_reason == "stop_pattern"  # cut before "# done"
+    assert r.prompt_tokens == len(body["prompt"]) and eng.state.up
+
+
+def test_max_tokens_and_long_prompt_cut_like_the_local_session(fake):
+    fake.max_model_len = 64
+    eng = engine_for(fake.url)
+    long_prompt = "".join(f"x{i} = {i}\n" for i in range(100))
+    r = eng.generate("doc", long_prompt, GenerationParams(max_new_tokens=8))
+    sent = fake.requests[-1]["prompt"]
+    assert r.truncated and len(sent) <= 64 - 8 and TOKENIZER.decode(sent).endswith("x99 = 99\n")
+    assert r.stop_reason == "max_tokens" and len(r.token_ids) == 8
+    assert r.text == TOKENIZER.decode(TOKENIZER.encode(ANSWER)[:8])
+
+
+def test_eos_ends_the_text(fake):
+    fake.tokens = TOKENIZER.encode("    pass") + [TOKENIZER.eos_token_id] + TOKENIZER.encode("junk")
+    r = engine_for(fake.url).generate("doc", PROMPT, GenerationParams(max_new_tokens=20))
+    assert r.text == "    pass" and r.stop_reason == "eos"
+
+
+def test_regex_stop_closes_the_stream(fake):
+    fake.delay_s = 0.02
+    r = engine_for(fake.url).generate(
+        "doc", PROMPT, GenerationParams(max_new_tokens=200, stop_patterns=["^#"])
+    )
+    assert r.stop_reason == "stop_pattern" and r.text == "    return a + b\n\n"
+    wait_for(lambda: fake.disconnected)
+    assert fake.disconnected == [True] and fake.sent[0] < 50  # the server saw the stream closed early
+
+
+def test_supersede_closes_the_stream(fake):
+    fake.delay_s = 0.02
+    t0, eng = time.monotonic(), engine_for(fake.url)
+    r = eng.generate(
+        "doc", PROMPT, GenerationParams(max_new_tokens=200), should_cancel=lambda: time.monotonic() - t0 > 0.2
+    )
+    assert r.stop_reason == "cancelled" and eng.stats()["cancelled"] == 1
+    wait_for(lambda: fake.disconnected)
+    assert fake.disconnected == [True] and fake.sent[0] < 100
+
+
+def wait_for(cond, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    "mode, error",
+    [
+        ("http500", "HTTP 500 .*boom"),
+        ("malformed", "malformed stream"),
+        ("bad_shape", "malformed stream"),
+        ("bad_ids", "malformed stream"),
+        ("not_sse", "malformed stream"),
+        ("no_done", "without \\[DONE\\]"),
+    ],
+    ids=["http-500", "malformed-json", "malformed-usage", "token-id-not-int", "not-sse", "no-done"],
+)
+def test_server_faults_give_remote_unavailable(fake, mode, error):
+    fake.mode = mode
+    r = engine_for(fake.url).generate("doc", PROMPT, GenerationParams(max_new_tokens=5))
+    assert r.stop_reason == "remote_unavailable" and r.text == ""
+    assert re.search(error, r.extra["remote_error"])
+
+
+def test_timeout_gives_remote_unavailable_quickly(fake):
+    fake.mode, fake.delay_s = "slow", 3.0
+    eng = engine_for(fake.url, timeoutMs=300)
+    t0 = time.monotonic()
+    r = eng.generate("doc", PROMPT, GenerationParams(max_new_tokens=5))
+    assert time.monotonic() - t0 < 2.0  # bounded by timeoutMs, not by the server
+    assert r.stop_reason == "remote_unavailable" and "timed out after 300 ms" in r.extra["remote_error"]
+
+
+def test_refused_then_back_one_outage_message_each_time(fake):
+    port = free_port()
+    eng = engine_for(f"http://127.0.0.1:{port}/v1")
+    assert eng.loaded.config.n_positions == 2048  # unreachable at start: the default window
+    params = GenerationParams(max_new_tokens=5)
+    first, second = eng.generate("d", PROMPT, params), eng.generate("d", PROMPT, params)
+    assert first.stop_reason == second.stop_reason == "remote_unavailable"
+    assert "ConnectError" in first.extra["remote_error"]
+    assert (first.extra["new_outage"], second.extra["new_outage"]) == (True, False)
+    assert eng.stats()["state"] == "down" and eng.stats()["outages"] == 1
+    back = FakeOpenAI(TOKENIZER, TOKENIZER.encode(ANSWER), port=port)
+    try:
+        ok = eng.generate("d", PROMPT, params)
+        assert ok.stop_reason == "max_tokens" and ok.text and eng.stats()["state"] == "up"
+    finally:
+        back.stop()
+    again = eng.generate("d", PROMPT, params)
+    assert again.extra["new_outage"] is True and eng.stats()["outages"] == 2
+
+
+def test_settings_remote_and_per_language_remote():
+    from lsp_server.settings import Settings, update
+
+    spec = {"url": "http://gpu:8000/v1/", "model": "codegen-6B"}
+    s, errors = update(Settings(), {"remote": spec, "languageModels": {"markdown": "builtin"}})
+    assert errors == [] and s.remote == {
+        "url": "http://gpu:8000/v1",
+        "model": "codegen-6B",
+        "timeoutMs": 10000,
+        "tokenizer": "Salesforce/codegen-350M-mono",
+    }
+    assert s.remote_for("python") == s.remote and s.remote_for("markdown") is None
+    assert s.model_for("markdown") == "builtin"
+    s, errors = update(Settings(), {"languageModels": {"python": {"remote": spec}}})
+    assert errors == [] and s.remote_for("python")["model"] == "codegen-6B" and s.remote_for("go") is None
+    s2, errors = update(s, {"languageModels": {"python": {"remote": {}}}})
+    assert s2 == s and "invalid setting languageModels" in errors[0]
+    s3, errors = update(s, {"remote": {}})
+    assert errors == [] and s3.remote == {}

