@@ -67,6 +67,11 @@ class Engine:
             self.sessions.pop(key, None)
             self.pool.drop(key)
 
+    def set_cache_budget(self, budget_bytes: int) -> None:
+        """Resize the KV-cache pool (frees the least recently used caches beyond the new budget)."""
+        with self._lock:
+            self.pool.resize(budget_bytes)
+
     def clear_cache(self) -> None:
         """Free every KV cache; sessions start from scratch next time."""
         with self._lock:
@@ -75,21 +80,25 @@ class Engine:
                 s.reset()
 
     def stats(self) -> dict:
-        """Model, device and cache figures (for codegen.status)."""
-        with self._lock:
-            lm = self.loaded
-            return {
-                "model": lm.name,
-                "path": str(lm.path),
-                "family": lm.family,
-                "device": str(lm.device),
-                "dtype": lm.precision,
-                "dtype_reason": lm.why,
-                "context_window": self.capacity,
-                "sessions": len(self.sessions),
-                "cached_sessions": len(self.pool),
-                "cache_bytes": self.pool.nbytes,
-                "cache_budget_bytes": self.pool.budget_bytes,
-                "evictions": self.pool.evictions,
-                "cached_tokens": {str(k): len(s.ids) for k, s in self.sessions.items() if k in self.pool},
-            }
+        """Model, device and cache figures (codegen.status) without the lock: never waits for a generation.
+
+        Reads plain ints and a copy of the session table (list() of a dict is one step under the GIL); the
+        figures may be one step stale while the inference thread works.
+        """
+        lm = self.loaded
+        sessions = list(self.sessions.items())
+        return {
+            "model": lm.name,
+            "path": str(lm.path),
+            "family": lm.family,
+            "device": str(lm.device),
+            "dtype": lm.precision,
+            "dtype_reason": lm.why,
+            "context_window": self.capacity,
+            "sessions": len(sessions),
+            "cached_sessions": len(self.pool),
+            "cache_bytes": self.pool.nbytes,
+            "cache_budget_bytes": self.pool.budget_bytes,
+            "evictions": self.pool.evictions,
+            "cached_tokens": {str(k): len(s.ids) for k, s in sessions if k in self.pool},
+        }

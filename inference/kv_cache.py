@@ -123,6 +123,15 @@ class CachePool:
         self._caches[key] = cache
         return cache, True
 
+    def resize(self, budget_bytes: int) -> None:
+        """A new budget; the least recently used caches beyond it are freed now (one is always kept)."""
+        assert budget_bytes > 0
+        self.budget_bytes = budget_bytes
+        while len(self._caches) > 1 and self.nbytes > budget_bytes:
+            old_key, _ = self._caches.popitem(last=False)
+            self.evictions += 1
+            log.debug("evicted KV cache of session %r (budget now %d MiB)", old_key, budget_bytes >> 20)
+
     def drop(self, key: Hashable) -> None:
         """Free the cache of `key` (no-op when absent)."""
         self._caches.pop(key, None)

@@ -40,6 +40,7 @@ CONTEXT_FULL = "context_full"  # no room left in the model's window
 MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
 REMOTE_UNAVAILABLE = "remote_unavailable"  # the remote server did not answer (codegen.status: why)
 ERROR = "error"  # an unexpected error (logged with its traceback)
+DOCUMENT_CHANGED = "document_changed"  # the document was edited or closed while the answer was computed
 
 
 @dataclass
@@ -104,10 +105,12 @@ class Completer:
         else:
             self.windows.pop(uri, None)
             self.suggestions.pop(uri, None)
+            self.stats.last_reason.pop(uri, None)
 
     def _answer(self, uri: str, out: Outcome, t0: float) -> Outcome:
         out.latency_ms = (time.perf_counter() - t0) * 1000
-        self.stats.last_reason[uri] = out.reason
+        if uri in self.server.documents:  # kept for open documents only (a closed one's is dropped)
+            self.stats.last_reason[uri] = out.reason
         if out.reason:
             self.stats.empty[out.reason] += 1
             quiet = out.reason in (SUPERSEDED, CANCELLED, MID_WORD)  # routine while typing
@@ -187,10 +190,12 @@ class Completer:
         completion = postprocess.trim(result.text, patterns)
         self.record(result, t0)
         if completion:
-            self.suggestions[uri] = Suggestion(before, completion)
+            self.suggestions[uri] = Suggestion(before, completion)  # kept: the next keystroke types through
         else:
             self.suggestions.pop(uri, None)
             return self._answer(uri, Outcome(start=start, end=end, reason=self.why_empty(result)), t0)
+        if self.moved(doc):
+            return self._answer(uri, Outcome(start=start, end=end, reason=DOCUMENT_CHANGED), t0)
         out = self._fit(completion, line_suffix, start, end, lead, newline)
         if kind == "inline":
             self._prefetch_after(doc, entry, before, lead, out)
@@ -208,6 +213,8 @@ class Completer:
             return None
         self.server.worker.supersede((doc.uri, "inline"))
         self.suggestions[doc.uri] = Suggestion(before, ahead)
+        if self.moved(doc):  # it waited for the prefetch: the document may have moved on meanwhile
+            return Outcome(start=start, end=end, reason=DOCUMENT_CHANGED)
         out = self._fit(ahead, line_suffix, start, end, lead, newline_of(doc.text))
         out.source = "prefetched"
         self._prefetch_after(doc, None, before, lead, out)
@@ -221,6 +228,11 @@ class Completer:
             return
         accepted = before[: len(before) - len(lead or "")] + out.text.replace("\r\n", "\n")
         self.prefetch.schedule(doc.uri, entry, doc.language_id, accepted)
+
+    def moved(self, snap: Document) -> bool:
+        """Whether the live document is no longer the text `snap` was taken from (edited or closed)."""
+        live = self.server.documents.find(snap.uri)
+        return live is None or live.version != snap.version or live.text is not snap.text
 
     def tell_outage(self, engine, error: str) -> None:
         """One message per outage of a remote server (whichever request, prefetch included, met it first)."""

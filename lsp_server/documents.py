@@ -38,7 +38,8 @@ class Document:
     _ends: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        self._index()
+        if not self._starts:  # a snapshot shares the line index (never mutated, only replaced)
+            self._index()
 
     def _index(self) -> None:
         starts, ends = [0], []
@@ -51,6 +52,10 @@ class Document:
     @property
     def line_count(self) -> int:
         return len(self._starts)
+
+    def snapshot(self) -> Document:
+        """A frozen copy (text, version, line index): a request answers against the text it arrived on."""
+        return Document(self.uri, self.language_id, self.version, self.text, self._starts, self._ends)
 
     def offset_at(self, line: int, character: int, encoding: str = "utf-16") -> tuple[int, bool]:
         """(string index, clamped?) of an LSP position; past-the-end lines/characters clamp to the end."""

@@ -100,7 +100,9 @@ class ModelManager:
         return remote_key(remote) if remote else self.key_for(self.settings.model_for(language))
 
     def update_settings(self, settings: Settings) -> None:
-        """New settings: forget failures, unload models no language uses any more."""
+        """New settings: forget failures, unload models no language uses any more, resize the KV caches."""
+        if settings.cache_budget_mb != self.settings.cache_budget_mb:
+            self._resize_caches(settings.cache_budget_mb << 20)
         self.settings = settings
         self.failures.clear()
         self._told.clear()
@@ -113,17 +115,17 @@ class ModelManager:
             elif key in wanted:  # chosen now: it serves its own name (a failing model marks it again)
                 entry.stands_in_for = None
 
+    def _resize_caches(self, budget: int) -> None:
+        """Every engine's cache pool to `budget` bytes, on the inference thread (it takes the engine lock)."""
+        engines = [e.engine for e in self.entries.values() if hasattr(e.engine, "set_cache_budget")]
+        if engines:
+            off_loop(self.worker, lambda: [e.set_cache_budget(budget) for e in engines])  # local only
+
     def unload(self, key) -> None:
         entry = self.entries.pop(key, None)
         if entry is not None:
             log.info("unloading model %s (%s, %s)", *key)
-            entry.engine.clear_cache()
-            if entry.device == REMOTE:
-                entry.engine.close()
-            if entry.device.startswith("cuda"):
-                import torch
-
-                torch.cuda.empty_cache()
+            off_loop(self.worker, lambda: _free(entry))
 
     def loaded_for(self, language: str) -> ModelEntry | None:
         """The entry already serving `language`, without loading anything."""
@@ -253,6 +255,32 @@ class ModelManager:
                 }
             )
         return out
+
+
+def _free(entry: ModelEntry) -> None:
+    entry.engine.clear_cache()
+    if entry.device == REMOTE:
+        entry.engine.close()
+    if entry.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def off_loop(worker, fn) -> None:
+    """Run fn() on the inference thread, in order with its jobs, without waiting (the event loop never
+    takes an engine's lock: a generation may hold it for seconds)."""
+
+    def done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background engine call failed: %r", task.exception())
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no running loop (a test driving the manager directly): run it here
+        fn()
+        return
+    asyncio.ensure_future(worker.call(fn)).add_done_callback(done)
 
 
 def remote_key(spec: dict) -> tuple[str, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import logging
 import os
@@ -11,46 +12,29 @@ import sys
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
-from pygls.protocol.language_server import lsp_method
 
 from inference.worker import Worker
-from lsp_server import acceptance
+from lsp_server import acceptance, jsonrpc
 from lsp_server import settings as settings_mod
-from lsp_server.commands import COMMANDS
+from lsp_server.commands import COMMANDS, debug_document
 from lsp_server.completion import KINDS, Completer
 from lsp_server.documents import DocumentError, Documents
-from lsp_server.models import ModelManager
+from lsp_server.models import ModelManager, off_loop
 from lsp_server.progress import log_to_client, show
 
 log = logging.getLogger(__name__)
+ARRIVED: contextvars.ContextVar = contextvars.ContextVar("arrived", default=None)  # a request's document
 VERSION = "0.1.0"
 LOGGERS = ("lsp_server", "inference", "tokenizer")
 TRIGGER_CHARACTERS = [".", "(", ","]  # clients that autotrigger only on these (Neovim 0.11) still get asked
 ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
 
 
-class CodegenProtocol(LanguageServerProtocol):
-    """Document sync goes to our own store (exact UTF-8/16/32 positions, CRLF, invalid-range checks)."""
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
-    def lsp_text_document__did_open(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_OPEN], (params,), None
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_CHANGE], (params,), None
-
-    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
-    def lsp_text_document__did_close(self, params):
-        yield self.fm.features[types.TEXT_DOCUMENT_DID_CLOSE], (params,), None
-
-
 class CodegenServer(LanguageServer):
     """Server state: settings, documents, models, the inference worker and the completer."""
 
     def __init__(self) -> None:
-        super().__init__("codegen-lsp", VERSION, protocol_cls=CodegenProtocol)
+        super().__init__("codegen-lsp", VERSION, protocol_cls=jsonrpc.CodegenProtocol)
         self.settings = settings_mod.Settings()
         self.documents = Documents()
         self.worker = Worker()
@@ -63,7 +47,10 @@ class CodegenServer(LanguageServer):
 
     @property
     def position_encoding(self) -> str:
-        enc = self.workspace.position_encoding if self.protocol._workspace is not None else None
+        try:
+            enc = self.workspace.position_encoding
+        except RuntimeError:  # before initialize: pygls has no workspace yet
+            enc = None
         return ENCODINGS.get(str(getattr(enc, "value", enc)), "utf-16")
 
     def apply_settings(self, raw) -> None:
@@ -81,6 +68,15 @@ class CodegenServer(LanguageServer):
         self.worker.close()
         super().shutdown()
 
+    def on_request(self, message) -> None:
+        """Snapshot the document a request names as it arrives (before a didChange right behind it)."""
+        doc = getattr(getattr(message, "params", None), "text_document", None)
+        found = self.documents.find(doc.uri) if isinstance(getattr(doc, "uri", None), str) else None
+        ARRIVED.set(found.snapshot() if found is not None else None)
+
+    def report_server_error(self, error: Exception, source) -> None:
+        jsonrpc.report_error(self, error, source)
+
 
 def set_log_level(level: str) -> None:
     for name in LOGGERS:
@@ -89,11 +85,17 @@ def set_log_level(level: str) -> None:
 
 
 def doc_offset(ls: CodegenServer, uri: str, position: types.Position):
-    """(document, string offset) of a request position; InvalidParams for an unknown document."""
-    try:
-        doc = ls.documents.get(uri)
-    except DocumentError as e:
-        raise JsonRpcInvalidParams(str(e)) from None
+    """(snapshot of the document, string offset) of a request position; InvalidParams for an unknown one.
+
+    The request works on the snapshot taken as it arrives: its answer's ranges are relative to that text, or
+    the completer answers empty (`document_changed`) when the document moved on before the answer was ready.
+    """
+    doc = ARRIVED.get()
+    if doc is None or doc.uri != uri:  # a request that did not come through the dispatcher (tests)
+        try:
+            doc = ls.documents.get(uri).snapshot()
+        except DocumentError as e:
+            raise JsonRpcInvalidParams(str(e)) from None
     offset, clamped = doc.offset_at(position.line, position.character, ls.position_encoding)
     if clamped:
         log.info("position %d:%d clamped to the document in %s", position.line, position.character, uri)
@@ -175,8 +177,8 @@ def create_server() -> CodegenServer:
         ls.completer.stop_prefill(uri)
         for kind in KINDS:
             ls.worker.supersede((uri, kind))
-        for entry in ls.models.entries.values():
-            entry.engine.drop_session(uri)
+        engines = [entry.engine for entry in ls.models.entries.values()]
+        off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in engines])  # never on the loop
 
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):
@@ -228,6 +230,8 @@ def create_server() -> CodegenServer:
 
     for name, handler in COMMANDS.items():
         register_command(ls, name, handler)
+    if os.environ.get("CODEGEN_LSP_DEBUG") == "1":  # tests only: read back a document's text and version
+        register_command(ls, "codegen.debug.document", debug_document)
     return ls
 
 
@@ -261,11 +265,11 @@ def serve(args) -> int:
     try:
         if getattr(args, "tcp", False):
             host, port = getattr(args, "host", None) or "127.0.0.1", getattr(args, "port", None) or 2087
-            ls.start_tcp(host, int(port))
+            jsonrpc.serve_tcp(ls, host, int(port))
         else:
             stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
             sys.stdout = sys.stderr  # a stray print() must never corrupt the protocol stream
-            ls.start_io(stdin, stdout)
+            jsonrpc.serve_stdio(ls, stdin, stdout)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     finally:

@@ -1,23 +1,31 @@
-"""Server settings: one dataclass with defaults, one camelCase converter, validation that keeps old values.
+"""Server settings from one table: name, type, default, bounds, one line of doc per key.
 
-Every key, its type, default and meaning: docs/SETTINGS.md.
+The `Settings` dataclass, the validation (cattrs, key by key: a bad value is reported with its key and the
+previous value kept), docs/SETTINGS.md's table and VS Code's `contributes.configuration` all come from TABLE;
+`python -m lsp_server.settings --write` regenerates the two files and tests/test_settings.py checks them.
 
 Settings come from `initializationOptions` and `workspace/didChangeConfiguration`, either flat or under a
-`codegen` section. An invalid value is reported and the previous value is kept.
+`codegen` section.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import cattrs
 
 MODES = ("line", "block", "free", "sentence")
 PROSE_LANGUAGES = ("markdown", "plaintext", "restructuredtext")
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 LOG_LEVELS = ("error", "warning", "info", "debug")
+MIN_CONTEXT_WINDOW = 2  # one prompt token and one new token (the completer halves maxNewTokens to fit)
 
 
 def default_modes() -> dict[str, str]:
@@ -25,30 +33,236 @@ def default_modes() -> dict[str, str]:
     return {"*": "block", **{lang: "sentence" for lang in PROSE_LANGUAGES}}
 
 
-@dataclass
-class Settings:
-    """Every user-visible option with its default."""
+@dataclass(frozen=True)
+class Option:
+    """One row of the settings table."""
 
-    model: str = "Salesforce/codegen-350M-mono"
-    device: str = "auto"
-    dtype: str = "auto"
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    context_window: int = 0
-    debounce_ms: int = 0
-    max_latency_ms: int = 1000  # 0 = none; past it a completion ends at its next line end (time_budget)
-    prefill_on_open: bool = True
-    prefetch: bool = True
-    completion_mode: dict[str, str] = field(default_factory=default_modes)
-    stop_patterns: dict[str, list[str]] = field(default_factory=dict)
-    language_models: dict[str, Any] = field(default_factory=dict)  # name, or {"remote": {...}}
-    cache_budget_mb: int = 512
-    model_memory_budget_mb: int = 0
-    log_level: str = "info"
-    synthesis_idle_seconds: float = 600.0
-    remote: dict = field(default_factory=dict)  # {} = local; else {"url", "model", ...}: lsp_server/remote.py
+    name: str  # camelCase, as clients spell it
+    type: Any  # what cattrs structures the value into
+    default: Any
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # the lower bound itself is excluded
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], Any] | None = None  # further validation / normalisation after structuring
+    schema: dict | None = None  # VS Code's JSON schema, where the type alone does not give it
 
+
+def _device(v: str) -> str:
+    """A device this machine has (cuda, cuda:N, mps are checked against torch)."""
+    if not DEVICE_RE.match(v):
+        raise ValueError(f"{v!r} is not valid (expected auto, cpu, cuda, cuda:N or mps)")
+    kind, _, index = v.partition(":")
+    if kind == "cuda":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= n:
+            raise ValueError(f"{v!r} is not available on this machine ({n} CUDA devices)")
+    if kind == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ValueError("'mps' is not available on this machine")
+    return v
+
+
+def _window(v: int) -> int:
+    if 0 < v < MIN_CONTEXT_WINDOW:
+        raise ValueError(
+            f"{v} cannot hold a prompt and a completion: use 0 (the model's window) "
+            f"or at least {MIN_CONTEXT_WINDOW} tokens"
+        )
+    return v
+
+
+def _modes(v: str | dict[str, str]) -> dict[str, str]:
+    if isinstance(v, str):
+        v = {"*": v}
+    out = default_modes() if "*" not in v else {"*": "block"}
+    for lang, mode in v.items():
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} for {lang!r} is not one of {', '.join(MODES)}")
+        out[lang] = mode
+    return out
+
+
+def _patterns(v: dict[str, list[str]]) -> dict[str, list[str]]:
+    for lang, pats in v.items():
+        for p in pats:
+            try:
+                re.compile(p, re.MULTILINE)
+            except re.error as e:
+                raise ValueError(f"stop pattern {p!r} of {lang!r} is not a valid regex: {e}") from None
+    return v
+
+
+def _models(v: dict) -> dict[str, Any]:
+    """{language: model name, or {"remote": {...}}} (a remote spec checked by lsp_server/remote.py)."""
+    for lang, m in v.items():
+        if not (isinstance(m, str) and m or isinstance(m, dict) and set(m) == {"remote"}):
+            raise ValueError(f'{lang!r}: expected a model name or {{"remote": {{...}}}}, got {_show(m)}')
+    return {
+        k: m if isinstance(m, str) else {"remote": _remote(m["remote"], allow_off=False)}
+        for k, m in v.items()
+    }
+
+
+def _remote(v: Any, allow_off: bool = True) -> dict:
+    """{} (the local engine) or a remote server's spec, checked and normalised by RemoteSpec."""
+    from lsp_server.remote import RemoteSpec
+
+    return {} if v == {} and allow_off else RemoteSpec.from_dict(v).to_dict()
+
+
+_REMOTE_SCHEMA = {
+    "type": "object",
+    "default": {},
+    "properties": {
+        "url": {"type": "string", "description": "OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1"},
+        "model": {"type": "string", "description": "The served model's name."},
+        "apiKeyEnv": {"type": "string", "description": "Environment variable holding the API key."},
+        "timeoutMs": {"type": "integer", "minimum": 100, "maximum": 600000, "default": 10000},
+        "tokenizer": {"type": "string", "default": "Salesforce/codegen-350M-mono"},
+    },
+}
+
+
+_MODE_SCHEMA = {
+    "type": "string",
+    "enum": ["", *MODES],
+    "default": "",
+    "enumDescriptions": [
+        "The server's default: block for code, sentence for prose",
+        "The rest of the current line",
+        "The current block (stops when indentation returns to the cursor's level)",
+        "Only the token budget and the stop patterns limit it",
+        "One sentence (prose)",
+    ],
+}
+
+TABLE: tuple[Option, ...] = (
+    Option("model", str, "Salesforce/codegen-350M-mono", "hub id, local checkpoint directory, or `builtin`"),
+    Option(
+        "device", str, "auto", "`auto`, `cpu`, `cuda`, `cuda:N`, `mps` (one this machine has)", check=_device
+    ),
+    Option(
+        "dtype",
+        str,
+        "auto",
+        "weights; `int8` (CPU): int8 weights, float32 activations; `auto`: int8 on an x86 CPU with VNNI "
+        "for CodeGen models, else float32 on CPU, bf16/fp16 on GPU (`codegen.status`: dtype, dtypeReason)",
+        choices=DTYPES,
+    ),
+    Option("maxNewTokens", int, 64, "new-token budget of one completion", lo=1, hi=2048),
+    Option("temperature", float, 0.0, "sampling temperature; 0 is greedy", lo=0.0, hi=5.0),
+    Option("topP", float, 1.0, "nucleus sampling threshold", lo=0.0, hi=1.0, lo_open=True),
+    Option(
+        "contextWindow",
+        int,
+        0,
+        "prompt + new tokens; 0 = the model's own window, else at least 2",
+        lo=0,
+        hi=1 << 20,
+        check=_window,
+    ),
+    Option(
+        "debounceMs", int, 0, "wait this long before computing; a newer keystroke supersedes", lo=0, hi=5000
+    ),
+    Option(
+        "maxLatencyMs",
+        int,
+        1000,
+        "time budget of one completion (prefill + decode); once spent it ends at the next line end "
+        "(reason `time_budget`); 0 = none; why 1000: docs/PERFORMANCE.md",
+        lo=0,
+        hi=600_000,
+    ),
+    Option(
+        "prefillOnOpen",
+        bool,
+        True,
+        "prefill a document when it opens, unless that would evict another document's KV cache",
+    ),
+    Option(
+        "prefetch",
+        bool,
+        True,
+        "after an inline suggestion, compute the one that follows it as if accepted (lowest priority)",
+    ),
+    Option(
+        "completionMode",
+        str | dict[str, str],
+        default_modes(),
+        "`line`, `block`, `free`, `sentence`, or {language: mode}; a string applies to every language",
+        check=_modes,
+        schema=_MODE_SCHEMA,
+    ),
+    Option(
+        "stopPatterns",
+        dict[str, list[str]],
+        {},
+        "{language: [regex]} replacing that language's built-in list (`*` = every language)",
+        check=_patterns,
+    ),
+    Option(
+        "languageModels",
+        dict,
+        {},
+        '{language: model}, e.g. a Japanese model for markdown; `{"remote": {...}}`: from a team server',
+        check=_models,
+    ),
+    Option("cacheBudgetMb", int, 512, "KV-cache memory per model over all documents (MiB)", lo=1, hi=1 << 20),
+    Option(
+        "modelMemoryBudgetMb",
+        int,
+        0,
+        "weights + caches; least recently used models unload; 0 = none",
+        lo=0,
+        hi=1 << 24,
+    ),
+    Option("logLevel", str, "info", "server log level", choices=LOG_LEVELS),
+    Option(
+        "remote",
+        dict,
+        {},
+        "completions from a team server (vLLM), `{url, model, apiKeyEnv?, timeoutMs?, tokenizer?}`; "
+        "`{}` = the local engine (docs/TEAM-SERVER.md)",
+        check=_remote,
+        schema=_REMOTE_SCHEMA,
+    ),
+    Option(
+        "synthesisIdleSeconds",
+        float,
+        600.0,
+        "idle time after which a synthesis conversation is freed",
+        lo=0.1,
+        hi=86400.0,
+    ),
+)
+OPTIONS = {o.name: o for o in TABLE}
+
+
+def to_snake(name: str) -> str:
+    """`maxNewTokens` -> `max_new_tokens` (the one camelCase converter)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def to_camel(name: str) -> str:
+    """`max_new_tokens` -> `maxNewTokens`."""
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _field(o: Option):
+    default = o.default
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default))
+    return dataclasses.field(default=default)
+
+
+class _Methods:
     def mode_for(self, language: str) -> str:
         """The completion mode of one language."""
         return self.completion_mode.get(language, self.completion_mode.get("*", "block"))
@@ -66,130 +280,96 @@ class Settings:
         return None if m is not None else (self.remote or None)
 
 
-def to_snake(name: str) -> str:
-    """`maxNewTokens` -> `max_new_tokens` (the one camelCase converter)."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+Settings = dataclasses.make_dataclass(
+    "Settings", [(to_snake(o.name), o.type, _field(o)) for o in TABLE], bases=(_Methods,)
+)
+Settings.__doc__ = "Every user-visible option with its default (fields from TABLE)."
 
 
-def to_camel(name: str) -> str:
-    """`max_new_tokens` -> `maxNewTokens`."""
-    head, *rest = name.split("_")
-    return head + "".join(w.title() for w in rest)
-
-
-def _int(lo: int, hi: int | None = None):
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-            raise ValueError(f"expected an integer, got {v!r}")
-        if v < lo or (hi is not None and v > hi):
-            raise ValueError(f"{v} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
-        return int(v)
-
-    return check
-
-
-def _float(lo: float, hi: float, lo_open: bool = False):
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"expected a number, got {v!r}")
-        if v < lo or v > hi or (lo_open and v == lo):
-            raise ValueError(f"{v} is out of range {'(' if lo_open else '['}{lo}, {hi}]")
-        return float(v)
-
-    return check
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError(f"expected true or false, got {v!r}")
+def _strict_int(v: Any, _type) -> int:
+    if isinstance(v, float) and math.isfinite(v) and v == int(v):
+        return int(v)  # 5.0 from a JSON writer that prints every number as a float
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {_show(v)}")
     return v
 
 
-def _choice(choices: tuple[str, ...] | None = None, pattern: re.Pattern | None = None):
-    def check(v: Any) -> str:
-        if not isinstance(v, str) or not v.strip():
-            raise ValueError(f"expected a non-empty string, got {v!r}")
+def _strict_float(v: Any, _type) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"expected a number, got {_show(v)}")
+    if isinstance(v, int) and abs(v) > 1 << 53:
+        raise ValueError(f"{_show(v)} is too large")
+    if not math.isfinite(v):
+        raise ValueError(f"expected a finite number, got {v}")
+    return float(v)
+
+
+def _strict(kind: type, what: str):
+    def hook(v: Any, _type):
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            raise ValueError(f"expected {what}, got {_show(v)}")
+        return v
+
+    return hook
+
+
+def _object(v: Any, type_) -> dict:
+    """A JSON object, structured by cattrs' own dict hook (cattrs would call .items() on anything)."""
+    if not isinstance(v, dict):
+        raise ValueError(f"expected an object, got {_show(v)}")
+    return _DICT_HOOKS[type_](v, type_) if type_ in _DICT_HOOKS else dict(v)
+
+
+def _str_or_modes(v: Any, _type):
+    return v if isinstance(v, str) else _object(v, dict[str, str])
+
+
+def _show(v: Any) -> str:
+    """A value for a message, cut to a readable length (a 5,000-digit number is not)."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**30 else f"a {len(str(abs(v)))}-digit integer"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+converter = cattrs.Converter(detailed_validation=True)
+converter.register_structure_hook(int, _strict_int)
+converter.register_structure_hook(float, _strict_float)
+converter.register_structure_hook(bool, _strict(bool, "true or false"))
+converter.register_structure_hook(str, _strict(str, "a string"))
+_DICT_HOOKS = {t: converter.get_structure_hook(t) for t in (dict[str, str], dict[str, list[str]])}  # cattrs'
+converter.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _object)
+converter.register_structure_hook(str | dict[str, str], _str_or_modes)
+converter.register_structure_hook(dict, lambda v, _t: _object(v, dict))  # any JSON object; checks follow
+
+
+def _list_or_str(v: Any) -> Any:
+    """A single stop pattern may be given as a string."""
+    return {k: [p] if isinstance(p, str) else p for k, p in v.items()} if isinstance(v, dict) else v
+
+
+def check(o: Option, value: Any) -> Any:
+    """The validated value of one setting; ValueError with a message that does not repeat the key."""
+    if o.name == "stopPatterns":
+        value = _list_or_str(value)
+    try:
+        v = converter.structure(value, o.type)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as e:
+        detail = "; ".join(cattrs.transform_error(e)) if isinstance(e, cattrs.BaseValidationError) else str(e)
+        raise ValueError(detail) from None
+    if isinstance(v, str) and o.type is str:
         v = v.strip()
-        if choices is not None and v.lower() not in choices:
-            raise ValueError(f"{v!r} is not one of {', '.join(choices)}")
-        if pattern is not None and not pattern.match(v):
-            raise ValueError(f"{v!r} is not valid (expected e.g. auto, cpu, cuda, cuda:0, mps)")
-        return v.lower() if choices else v
-
-    return check
-
-
-def _modes(v: Any) -> dict[str, str]:
-    if isinstance(v, str):
-        v = {"*": v}
-    if not isinstance(v, dict):
-        raise ValueError(f"expected a mode name or an object {{language: mode}}, got {v!r}")
-    out = default_modes() if "*" not in v else {lang: m for lang, m in default_modes().items() if lang == "*"}
-    for lang, mode in v.items():
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} for {lang!r} is not one of {', '.join(MODES)}")
-        out[str(lang)] = mode
-    return out
+        if not v:
+            raise ValueError("expected a non-empty string")
+    if o.choices:
+        if v.lower() not in o.choices:
+            raise ValueError(f"{v!r} is not one of {', '.join(o.choices)}")
+        v = v.lower()
+    if o.lo is not None and (v < o.lo or (o.lo_open and v == o.lo) or v > o.hi):
+        raise ValueError(f"{_show(v)} is out of range {_bounds(o)}")
+    return o.check(v) if o.check else v
 
 
-def _patterns(v: Any) -> dict[str, list[str]]:
-    if not isinstance(v, dict):
-        raise ValueError(f"expected an object {{language: [regex, ...]}}, got {v!r}")
-    out: dict[str, list[str]] = {}
-    for lang, pats in v.items():
-        if isinstance(pats, str):
-            pats = [pats]
-        if not isinstance(pats, list) or not all(isinstance(p, str) for p in pats):
-            raise ValueError(f"stop patterns of {lang!r} must be a list of strings")
-        for p in pats:
-            try:
-                re.compile(p, re.MULTILINE)
-            except re.error as e:
-                raise ValueError(f"stop pattern {p!r} of {lang!r} is not a valid regex: {e}") from None
-        out[str(lang)] = list(pats)
-    return out
-
-
-def _models(v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict) or not all(
-        isinstance(k, str) and (isinstance(m, str) and m or isinstance(m, dict) and set(m) == {"remote"})
-        for k, m in v.items()
-    ):
-        raise ValueError(f'expected an object {{language: model or {{"remote": {{...}}}}}}, got {v!r}')
-    return {
-        k: m if isinstance(m, str) else {"remote": _remote(m["remote"], allow_off=False)}
-        for k, m in v.items()
-    }
-
-
-def _remote(v: Any, allow_off: bool = True) -> dict:
-    from lsp_server.remote import RemoteSpec
-
-    return {} if v == {} and allow_off else RemoteSpec.from_dict(v).to_dict()
-
-
-VALIDATORS = {
-    "model": _choice(),
-    "device": _choice(pattern=DEVICE_RE),
-    "dtype": _choice(DTYPES),
-    "max_new_tokens": _int(1, 2048),
-    "temperature": _float(0.0, 5.0),
-    "top_p": _float(0.0, 1.0, lo_open=True),
-    "context_window": _int(0, 1 << 20),
-    "debounce_ms": _int(0, 5000),
-    "max_latency_ms": _int(0, 600_000),
-    "prefill_on_open": _bool,
-    "prefetch": _bool,
-    "completion_mode": _modes,
-    "stop_patterns": _patterns,
-    "language_models": _models,
-    "cache_budget_mb": _int(1, 1 << 20),
-    "model_memory_budget_mb": _int(0, 1 << 24),
-    "log_level": _choice(LOG_LEVELS),
-    "synthesis_idle_seconds": _float(0.1, 86400.0),
-    "remote": _remote,
-}
-assert set(VALIDATORS) == {f.name for f in dataclasses.fields(Settings)}
+def _bounds(o: Option) -> str:
+    return f"{'(' if o.lo_open else '['}{o.lo}, {o.hi}]"
 
 
 def unwrap(raw: Any) -> Any:
@@ -199,7 +379,7 @@ def unwrap(raw: Any) -> Any:
     return raw
 
 
-def update(previous: Settings, raw: Any) -> tuple[Settings, list[str]]:
+def update(previous, raw: Any) -> tuple[Any, list[str]]:
     """Apply camelCase `raw` over `previous`; return the new settings and one message per rejected key."""
     raw = unwrap(raw)
     if raw is None:
@@ -208,25 +388,23 @@ def update(previous: Settings, raw: Any) -> tuple[Settings, list[str]]:
         return previous, [
             f"settings must be an object, got {type(raw).__name__}; keeping the previous settings"
         ]
-    if raw and not any(to_snake(k) in VALIDATORS for k in raw):
+    if raw and not any(k in OPTIONS for k in raw):
         return previous, []  # another extension's section: nothing for us
     changes: dict[str, Any] = {}
     errors: list[str] = []
     for key, value in raw.items():
-        name = to_snake(key)
-        if name not in VALIDATORS:
-            errors.append(f"unknown setting {key!r} ignored")
-            continue
-        if value is None:
-            continue
-        try:
-            changes[name] = VALIDATORS[name](value)
-        except ValueError as e:
-            old = getattr(previous, name)
-            errors.append(f"invalid setting {to_camel(name)}: {e}; keeping {old!r}")
+        o = OPTIONS.get(key)
+        if o is None:
+            errors.append(f"unknown setting {key[:80]!r} ignored")
+        elif value is not None:
+            try:
+                changes[to_snake(key)] = check(o, value)
+            except ValueError as e:
+                old = getattr(previous, to_snake(key))
+                errors.append(f"invalid setting {key}: {e}; keeping {_show(old)}")
     return dataclasses.replace(previous, **changes), errors
 
 
-def as_camel_dict(settings: Settings) -> dict[str, Any]:
+def as_camel_dict(settings) -> dict[str, Any]:
     """The settings as the client would spell them (for codegen.status)."""
     return {to_camel(k): v for k, v in dataclasses.asdict(settings).items()}

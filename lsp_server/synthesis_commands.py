@@ -23,16 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
+from lsp_server import jsonrpc
 from lsp_server import synthesis as syn
 from lsp_server.commands import command
 from lsp_server.documents import DocumentError
 from lsp_server.progress import Progress
+from lsp_server.settings import OPTIONS, check
 
 log = logging.getLogger(__name__)
 REQUEST_FAILED = -32803  # LSP ErrorCodes.RequestFailed
@@ -66,17 +67,21 @@ def _sampling(obj: dict, n_positions: int, settings) -> Sampling:
         out.max_new_tokens = syn.validate_max_new_tokens(obj["maxNewTokensPerTurn"], n_positions)
     else:
         out.max_new_tokens = min(out.max_new_tokens, n_positions - 1)
-    t = obj.get("temperature", out.temperature)
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 5.0:
-        raise syn.SynthesisError(f"temperature must be a number from 0 to 5, got {t!r}")
-    p = obj.get("topP", out.top_p)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
-        raise syn.SynthesisError(f"topP must be a number in (0, 1], got {p!r}")
+    t = _setting(obj, "temperature", out.temperature)
+    p = _setting(obj, "topP", out.top_p)
     seed = obj.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise syn.SynthesisError(f"seed must be an integer, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise syn.SynthesisError(f"seed must be an integer from 0 to 2^64 - 1, got {seed!r:.40}")
     out.temperature, out.top_p, out.seed = float(t), float(p), seed
     return out
+
+
+def _setting(obj: dict, key: str, default):
+    """obj[key] checked against the settings table's type and bounds for that key."""
+    try:
+        return check(OPTIONS[key], obj.get(key, default))
+    except ValueError as e:
+        raise syn.SynthesisError(f"{key} must be a valid value: {e}") from None
 
 
 def _params(s: Sampling):
@@ -153,34 +158,6 @@ async def _engine_for(server, language: str):
     return entry.engine, entry.loaded.config.n_positions
 
 
-class _CancelHook:
-    """Stands in for a request's future in pygls' table: `$/cancelRequest` then stops the turns at the next
-    decode step and the request still answers, with the turns finished so far."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def cancel(self) -> bool:
-        self.event.set()
-        return False
-
-    def done(self) -> bool:
-        return self.event.is_set()
-
-
-def _cancel_hook(server) -> _CancelHook:
-    """Route `$/cancelRequest` for the current request to a flag (the default would drop the answer)."""
-    hook = _CancelHook()
-    proto = server.protocol
-    msg_id = proto.msg_id
-    if msg_id is not None:
-        if msg_id in proto._request_futures:
-            proto._request_futures[msg_id] = hook
-        else:  # cancelled before this handler ran: pygls has answered already, so do no work
-            hook.event.set()
-    return hook
-
-
 def store(server) -> syn.ConversationStore:
     """The server's conversation store, idle time from the settings."""
     st = getattr(server, "synthesis_store", None)
@@ -215,7 +192,7 @@ async def expire(server) -> None:
     st.timer = loop.call_at(due, fire)
 
 
-async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: _CancelHook) -> syn.TurnResult:
+async def _run_turn(server, conv: syn.Conversation, prompt: str, hook: jsonrpc.CancelFlag) -> syn.TurnResult:
     def work(should_cancel) -> syn.TurnResult:
         return conv.turn(prompt, lambda: should_cancel() or hook.event.is_set())
 
@@ -262,7 +239,7 @@ async def _apply(server, doc, version: int, where: types.Range, program: str) ->
 async def synthesize(server, args: list) -> dict:
     """Every turn on one session; optionally written at the position or over the range: one versioned edit."""
     obj = _object(args, "codegen.synthesize")
-    hook = _cancel_hook(server)
+    hook = jsonrpc.cancel_flag(server)
     try:
         turns = syn.validate_turns(obj.get("turns"))
         doc, offset, where, indent = _document_and_offset(server, obj)
@@ -340,7 +317,7 @@ async def turn(server, args: list) -> dict:
             raise syn.SynthesisError(f"conversation {conv.id} is still answering its previous turn")
     except syn.SynthesisError as e:
         raise _fail(str(e)) from None
-    hook = _cancel_hook(server)
+    hook = jsonrpc.cancel_flag(server)
     conv.busy = True
     try:
         result = await _run_turn(server, conv, prompt, hook)

@@ -255,3 +255,7 @@ def test_vocabulary_without_endoftext_is_a_clear_error(tmp_path):
     (d / "vocab.txt").write_text("あ\nい\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match="no '<\\|endoftext\\|>' entry"):
         load_tokenizer(d)
+
+
+def test_lone_surrogates_encode_as_the_replacement_character(ours):
+    assert ours.encode("あ\ud83dい") == ours.encode("あ\ufffdい")

@@ -270,6 +270,11 @@ BAD = {
     "huge-tokens": (synth_args("file:///bad.py", 0, 0, maxNewTokensPerTurn=10**9), "from 1 to 255"),
     "string-tokens": (synth_args("file:///bad.py", 0, 0, maxNewTokensPerTurn="many"), "from 1 to 255"),
     "bad-top-p": (synth_args("file:///bad.py", 0, 0, topP=0), "topP must be"),
+    "seed-2^64": (synth_args("file:///bad.py", 0, 0, seed=2**64), "seed must be an integer from 0"),
+    "infinite-temperature": (
+        synth_args("file:///bad.py", 0, 0, temperature=float("inf")),
+        "temperature must be",
+    ),
     "range-not-lines": (
         synth_args("file:///bad.py", 0, 0, range={"start": {"line": 1, "character": 0}, "end": LINE5}),
         r"range lines 1\.\.5 are not lines of file:///bad.py",
@@ -286,8 +291,9 @@ BAD = {
 async def test_bad_synthesize_arguments_are_clear_errors(client, name):
     obj, message = BAD[name]
     client.edits.clear()
-    with pytest.raises(JsonRpcException, match=message):
+    with pytest.raises(JsonRpcException, match=message) as error:
         await run(client, "codegen.synthesize", obj)
+    assert error.value.code == -32602  # InvalidParams (a seed of 2^64 was -32603)
     assert client.edits == []
     assert (await status(client))["version"]  # the server keeps serving
 

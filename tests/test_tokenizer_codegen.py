@@ -133,3 +133,9 @@ def test_malformed_tokenizer_json_is_reported(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({"not": "a tokenizer"}))
     with pytest.raises(TokenizerError, match="cannot read the tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_lone_surrogates_encode_as_the_replacement_character(tok):
+    """A document may hold an unpaired surrogate (legal in JSON): the model sees U+FFFD, one for one."""
+    assert tok.encode("s = '\ud83d'\n") == tok.encode("s = '\ufffd'\n")
+    assert tok.encode("\udc00x\ud800") == tok.encode("\ufffdx\ufffd")

@@ -11,6 +11,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from tokenizer.incremental import IncrementalDecoder
+from tokenizer.text import encodable
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -67,7 +68,7 @@ class CodeGenTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids, added whitespace tokens split out before BPE."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(encodable(text), add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], truncate_before_pattern: Sequence[str] = ()) -> str:
         """Ids -> exact text; optionally cut with `truncate_before_pattern`."""

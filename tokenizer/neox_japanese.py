@@ -16,6 +16,7 @@ from itertools import chain
 from pathlib import Path
 
 from tokenizer.incremental import IncrementalDecoder
+from tokenizer.text import encodable
 
 ENDOFTEXT = "<|endoftext|>"
 STARTOFTEXT = "<|startoftext|>"
@@ -213,6 +214,7 @@ class NeoXJapaneseTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids, exactly as the reference tokenizer (special tokens split out first)."""
+        text = encodable(text)
         if "<|" in text:
             ids: list[int] = []
             for part in _SPECIAL_SPLIT.split(text):

@@ -3,7 +3,8 @@ import * as os from "node:os";
 import * as vscode from "vscode";
 
 export const SECTION = "codegenLsp";
-// Extension setting -> server setting (camelCase, as the server names them).
+// Extension setting -> server setting (camelCase, as the server names them). Together with OPTIONAL_SETTINGS
+// these are the server's settings table (lsp_server/settings.py); tests/test_settings.py checks it.
 export const SCALAR_SETTINGS = [
   "model",
   "device",
@@ -19,6 +20,7 @@ export const SCALAR_SETTINGS = [
   "cacheBudgetMb",
   "modelMemoryBudgetMb",
   "logLevel",
+  "synthesisIdleSeconds",
 ] as const;
 // Sent only when the user set them, so the server's per-language defaults stay in force otherwise.
 export const OPTIONAL_SETTINGS = ["completionMode", "stopPatterns", "languageModels", "remote"] as const;
