@@ -112,6 +112,19 @@ class Worker:
         """Run `fn()` on the inference thread, in order with the computations (never superseded)."""
         return await self.submit(("__call__", next(self._ids)), lambda _cancel: fn())
 
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Run `fn()` on the inference thread after the work already handed to it, without waiting."""
+        if self.closed:
+            return
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("background engine call failed")
+
+        self._pool.submit(run)
+
     def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         if job.should_cancel():
             self.stats.skipped += 1

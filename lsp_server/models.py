@@ -269,18 +269,14 @@ def _free(entry: ModelEntry) -> None:
 
 def off_loop(worker, fn) -> None:
     """Run fn() on the inference thread, in order with its jobs, without waiting (the event loop never
-    takes an engine's lock: a generation may hold it for seconds)."""
-
-    def done(task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("background engine call failed: %r", task.exception())
-
+    takes an engine's lock: a generation may hold it for seconds). Handed over at once, so a request that
+    arrives after a settings change runs after it."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no running loop (a test driving the manager directly): run it here
         fn()
         return
-    asyncio.ensure_future(worker.call(fn)).add_done_callback(done)
+    worker.post(fn)
 
 
 def remote_key(spec: dict) -> tuple[str, str, str]:

@@ -240,7 +240,7 @@ try {
     // The user points codegenLsp.model at a directory that holds no model: the server warns and serves the
     // built-in model in its place, and the status bar names the stand-in.
     await page.keyboard.press("Escape");
-    await changeSetting(page, "codegenLsp.model", ".setting-item", "a local checkpoint directory", cfg.badModel);
+    await changeSetting(page, "codegenLsp.model", ".setting-item", "local checkpoint directory", cfg.badModel);
     log("settings changed: codegenLsp.model -> a directory with no model");
     await closeSettings(page);
     await page.locator(".tab", { hasText: cfg.file }).first().click();
