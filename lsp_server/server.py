@@ -13,7 +13,6 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from inference.worker import Worker
 from lsp_server import acceptance, jsonrpc
 from lsp_server import settings as settings_mod
 from lsp_server.commands import COMMANDS, debug_document
@@ -21,6 +20,7 @@ from lsp_server.completion import KINDS, Completer
 from lsp_server.documents import DocumentError, Documents
 from lsp_server.models import ModelManager, off_loop
 from lsp_server.progress import log_to_client, show
+from lsp_server.scheduler import Worker
 
 log = logging.getLogger(__name__)
 ARRIVED: contextvars.ContextVar = contextvars.ContextVar("arrived", default=None)  # a request's document
