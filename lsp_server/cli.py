@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return complete(args)
     if args.command == "export":
         return export(args)
-    from lsp_server.synthesis import main as synthesize_main
+    from lsp_server.cli_synthesize import main as synthesize_main
 
     return synthesize_main(args) or 0
 

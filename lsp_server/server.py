@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
 import logging
 import os
 import sys
@@ -13,9 +12,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from lsp_server import acceptance, jsonrpc
+from lsp_server import acceptance, commands, jsonrpc, synthesis_commands
 from lsp_server import settings as settings_mod
-from lsp_server.commands import COMMANDS, debug_document
 from lsp_server.completion import KINDS, Completer
 from lsp_server.documents import DocumentError, Documents
 from lsp_server.models import ModelManager, off_loop
@@ -78,6 +76,19 @@ class CodegenServer(LanguageServer):
         jsonrpc.report_error(self, error, source)
 
 
+# workspace/executeCommand: name -> async handler(server, args), all of them, registered by create_server.
+COMMANDS = (
+    ("codegen.status", commands.status),
+    ("codegen.clearCache", commands.clear_cache),
+    (acceptance.ACCEPTED, acceptance.accepted),
+    (acceptance.PARTIALLY_ACCEPTED, acceptance.partially_accepted),
+    ("codegen.synthesize", synthesis_commands.synthesize),
+    ("codegen.synthesis.start", synthesis_commands.start),
+    ("codegen.synthesis.turn", synthesis_commands.turn),
+    ("codegen.synthesis.end", synthesis_commands.end),
+)
+
+
 def set_log_level(level: str) -> None:
     for name in LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
@@ -110,10 +121,6 @@ def to_range(ls: CodegenServer, doc, start: int, end: int) -> types.Range:
 
 def create_server() -> CodegenServer:
     """A server with every handler and command registered."""
-    try:
-        importlib.import_module("lsp_server.synthesis")  # registers its commands in COMMANDS
-    except ImportError as e:
-        log.warning("synthesis commands unavailable: %s", e)
     ls = CodegenServer()
 
     @ls.feature(types.INITIALIZE)
@@ -228,10 +235,10 @@ def create_server() -> CodegenServer:
         )
         return types.CompletionList(is_incomplete=True, items=[item])
 
-    for name, handler in COMMANDS.items():
+    for name, handler in COMMANDS:
         register_command(ls, name, handler)
     if os.environ.get("CODEGEN_LSP_DEBUG") == "1":  # tests only: read back a document's text and version
-        register_command(ls, "codegen.debug.document", debug_document)
+        register_command(ls, "codegen.debug.document", commands.debug_document)
     return ls
 
 
