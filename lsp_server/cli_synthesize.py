@@ -7,12 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lsp_server import mtpb
-
-LANGUAGE_BY_SUFFIX = {
-    ".py": "python", ".js": "javascript", ".ts": "typescript", ".c": "c", ".h": "c", ".cpp": "cpp",
-    ".cc": "cpp", ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby", ".sh": "shellscript",
-    ".lua": "lua", ".sql": "sql", ".php": "php", ".cs": "csharp", ".kt": "kotlin", ".swift": "swift",
-}  # fmt: skip
+from lsp_server.constants import LANGUAGE_BY_SUFFIX
 
 
 def main(args: Any) -> int:
