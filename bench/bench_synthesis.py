@@ -1,6 +1,6 @@
 """Multi-turn synthesis: KV cache carried across turns vs. every turn from scratch, same run, same programs.
 
-The carried run is `lsp_server.synthesis.synthesize` (one session for all turns); the baseline frees the
+The carried run is `lsp_server.mtpb.synthesize` (one session for all turns); the baseline frees the
 session before each turn, so it prefills the whole MTPB prompt every turn. Both must write the same program.
 Context: the first `--history-tokens` tokens of a CPython stdlib file (the document before the cursor).
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from inference.engine import Engine  # noqa: E402
 from inference.generate import GenerationParams  # noqa: E402
 from inference.loader import load_model  # noqa: E402
-from lsp_server import synthesis as syn  # noqa: E402
+from lsp_server import mtpb as syn  # noqa: E402
 
 TURNS = [
     "Import the random module.",

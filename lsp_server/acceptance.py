@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
-from lsp_server.commands import command
-
 log = logging.getLogger(__name__)
 
 MAX_SHOWN = 1024  # ids of shown items remembered
@@ -164,7 +162,6 @@ def _args(args: list, name: str, length: bool = False) -> tuple[str, int]:
     return obj["id"], n
 
 
-@command(ACCEPTED)
 async def accepted(server, args: list) -> dict:
     """The client accepted an inline suggestion."""
     item_id, _ = _args(args, ACCEPTED)
@@ -173,7 +170,6 @@ async def accepted(server, args: list) -> dict:
     return {"id": item_id, "known": known}
 
 
-@command(PARTIALLY_ACCEPTED)
 async def partially_accepted(server, args: list) -> dict:
     """The client accepted a part (a word, a line) of an inline suggestion."""
     item_id, n = _args(args, PARTIALLY_ACCEPTED, length=True)

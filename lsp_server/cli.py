@@ -8,18 +8,9 @@ import sys
 import warnings
 from pathlib import Path
 
-DEFAULT_MODEL = "Salesforce/codegen-350M-mono"
+from lsp_server.constants import DEFAULT_MODEL, LANGUAGE_BY_SUFFIX, MODES
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MODES = ("line", "block", "free", "sentence")
-# File suffix -> LSP language id, so the CLI trims as the server does for that language.
-LANGUAGES = {
-    ".py": "python",
-    ".pyi": "python",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".rst": "restructuredtext",
-    ".txt": "plaintext",
-}
 
 log = logging.getLogger("codegen_lsp.cli")
 
@@ -149,7 +140,7 @@ def stop_patterns(path: Path, prompt: str, language: str | None, mode: str | Non
     from lsp_server import postprocess
     from lsp_server.settings import Settings
 
-    language = language or LANGUAGES.get(path.suffix.lower(), "*")
+    language = language or LANGUAGE_BY_SUFFIX.get(path.suffix.lower(), "*")
     mode = mode or Settings().mode_for(language)
     return postprocess.patterns_for(language, mode, prompt[prompt.rfind("\n") + 1 :])
 
@@ -250,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return complete(args)
     if args.command == "export":
         return export(args)
-    from lsp_server.synthesis import main as synthesize_main
+    from lsp_server.cli_synthesize import main as synthesize_main
 
     return synthesize_main(args) or 0
 

@@ -1,41 +1,17 @@
-"""workspace/executeCommand registry: name -> async handler(server, args); codegen.status, codegen.clearCache.
-
-Other modules add commands with the `command` decorator at import time (lsp_server.synthesis is imported
-by the server before it starts, so its commands are advertised in the server's capabilities):
-
-    from lsp_server.commands import command
-
-    @command("codegen.synthesize")
-    async def synthesize(server, args: list) -> dict: ...
-"""
+"""codegen.status and codegen.clearCache: async handler(server, args); the server registers every command
+in one table (lsp_server/server.py COMMANDS)."""
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from lsp_server.settings import as_camel_dict
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[Any, list], Awaitable[Any]]
-COMMANDS: dict[str, CommandHandler] = {}
 
-
-def command(name: str) -> Callable[[CommandHandler], CommandHandler]:
-    """Register an async handler(server, args) for `workspace/executeCommand` name."""
-
-    def register(fn: CommandHandler) -> CommandHandler:
-        COMMANDS[name] = fn
-        return fn
-
-    return register
-
-
-@command("codegen.status")
 async def status(server, args: list) -> dict:
     """Model, device, dtype, cache use, last latencies, and why the last answers were empty."""
     uri = args[0] if args and isinstance(args[0], str) else None
@@ -73,7 +49,6 @@ def trim_heap() -> None:
         pass
 
 
-@command("codegen.clearCache")
 async def clear_cache(server, args: list) -> dict:
     """Free every KV cache and forget the typed-through suggestions."""
     entries = list(server.models.entries.values())

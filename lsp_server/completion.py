@@ -8,13 +8,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from inference.worker import Superseded
 from lsp_server import postprocess
 from lsp_server.documents import Document
 from lsp_server.models import ModelUnavailable
 from lsp_server.prefetch import Prefetcher
 from lsp_server.progress import show
 from lsp_server.prompt import PromptWindow, cut_prompt
+from lsp_server.scheduler import Superseded
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from lsp_server.constants import PROSE_LANGUAGES
+
 BLANK_LINE = r"\n[ \t]*\r?\n"
 BLANK_RUN = r"\n[ \t]*\r?\n[ \t]*\r?\n"
 ENDOFTEXT = re.escape("<|endoftext|>")
@@ -32,7 +34,7 @@ DEFAULT_STOP_PATTERNS: dict[str, list[str]] = {
     "plaintext": [BLANK_LINE, ENDOFTEXT],
     "*": [BLANK_RUN, ENDOFTEXT],
 }
-PROSE = frozenset({"markdown", "plaintext", "restructuredtext"})
+PROSE = frozenset(PROSE_LANGUAGES)
 LINE_END = r"(?<=\S)[ \t]*\r?\n"
 REPEATED_LINE = r"^(?=(?=[^\n]*\S)([^\n]*\n)\1\1)"  # at the first of three identical non-blank lines
 SENTENCE_END = r"(?<=[。．！？])|(?<=[.!?])(?=\s)"

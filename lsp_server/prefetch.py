@@ -17,8 +17,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from inference.worker import Superseded
 from lsp_server import postprocess
+from lsp_server.scheduler import Superseded
 
 log = logging.getLogger(__name__)
 

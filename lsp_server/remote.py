@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lsp_server.constants import DEFAULT_MODEL
 from lsp_server.remote_stream import RemoteError, Streamed, stream_completion
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = "remote_unavailable"
-DEFAULT_TOKENIZER = "Salesforce/codegen-350M-mono"  # every CodeGen size shares this tokenizer
+DEFAULT_TOKENIZER = DEFAULT_MODEL  # every CodeGen size shares this tokenizer
 DEFAULT_WINDOW = 2048  # used when the server does not say its max_model_len
 TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "*.json"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
 import logging
 import os
 import sys
@@ -13,20 +12,20 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from inference.worker import Worker
-from lsp_server import acceptance, jsonrpc
+from lsp_server import acceptance, commands, jsonrpc, synthesis_commands
 from lsp_server import settings as settings_mod
-from lsp_server.commands import COMMANDS, debug_document
 from lsp_server.completion import KINDS, Completer
 from lsp_server.documents import DocumentError, Documents
 from lsp_server.models import ModelManager, off_loop
 from lsp_server.progress import log_to_client, show
+from lsp_server.scheduler import Worker
 
 log = logging.getLogger(__name__)
 ARRIVED: contextvars.ContextVar = contextvars.ContextVar("arrived", default=None)  # a request's document
 VERSION = "0.1.0"
 LOGGERS = ("lsp_server", "inference", "tokenizer")
 TRIGGER_CHARACTERS = [".", "(", ","]  # clients that autotrigger only on these (Neovim 0.11) still get asked
+COMPLETION_OPTIONS = types.CompletionOptions(trigger_characters=TRIGGER_CHARACTERS, resolve_provider=False)
 ENCODINGS = {"utf-8": "utf-8", "utf-16": "utf-16", "utf-32": "utf-32"}
 
 
@@ -78,6 +77,19 @@ class CodegenServer(LanguageServer):
         jsonrpc.report_error(self, error, source)
 
 
+# workspace/executeCommand: name -> async handler(server, args), all of them, registered by create_server.
+COMMANDS = (
+    ("codegen.status", commands.status),
+    ("codegen.clearCache", commands.clear_cache),
+    (acceptance.ACCEPTED, acceptance.accepted),
+    (acceptance.PARTIALLY_ACCEPTED, acceptance.partially_accepted),
+    ("codegen.synthesize", synthesis_commands.synthesize),
+    ("codegen.synthesis.start", synthesis_commands.start),
+    ("codegen.synthesis.turn", synthesis_commands.turn),
+    ("codegen.synthesis.end", synthesis_commands.end),
+)
+
+
 def set_log_level(level: str) -> None:
     for name in LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
@@ -108,130 +120,136 @@ def to_range(ls: CodegenServer, doc, start: int, end: int) -> types.Range:
     return types.Range(types.Position(l1, c1), types.Position(l2, c2))
 
 
-def create_server() -> CodegenServer:
-    """A server with every handler and command registered."""
+# Handlers: module-level functions (server, params), registered by create_server below.
+
+
+def initialize(ls: CodegenServer, params: types.InitializeParams) -> None:
+    ls.apply_settings(params.initialization_options)
+
+
+def shutdown(ls: CodegenServer, params: None) -> None:
+    ls.shutdown_requested = True
+
+
+def exit_(ls: CodegenServer, params: None) -> None:
+    ls.exit_code = 0 if ls.shutdown_requested else 1  # pygls raises SystemExit and then swallows it
+
+
+async def initialized(ls: CodegenServer, params: types.InitializedParams) -> None:
+    log_to_client(ls, f"codegen-lsp {VERSION}: model {ls.settings.model}, positions {ls.position_encoding}")
     try:
-        importlib.import_module("lsp_server.synthesis")  # registers its commands in COMMANDS
-    except ImportError as e:
-        log.warning("synthesis commands unavailable: %s", e)
-    ls = CodegenServer()
+        await ls.models.get("")  # load the default model now rather than at the first keystroke
+    except asyncio.CancelledError:  # the client went away while it loaded
+        return
+    except Exception as e:
+        show(ls, f"codegen: {e}")
 
-    @ls.feature(types.INITIALIZE)
-    def initialize(ls: CodegenServer, params: types.InitializeParams) -> None:
-        ls.apply_settings(params.initialization_options)
 
-    @ls.feature(types.SHUTDOWN)
-    def shutdown(ls: CodegenServer, params: None) -> None:
-        ls.shutdown_requested = True
+async def did_change_configuration(ls: CodegenServer, params: types.DidChangeConfigurationParams) -> None:
+    raw = params.settings
+    if not raw and ls.client_capabilities.workspace and ls.client_capabilities.workspace.configuration:
+        items = [types.ConfigurationItem(section="codegen")]
+        raw = (await ls.workspace_configuration_async(types.ConfigurationParams(items=items)))[0]
+    ls.apply_settings(raw)
 
-    @ls.feature(types.EXIT)
-    def exit_(ls: CodegenServer, params: None) -> None:
-        ls.exit_code = 0 if ls.shutdown_requested else 1  # pygls raises SystemExit and then swallows it
 
-    @ls.feature(types.INITIALIZED)
-    async def initialized(ls: CodegenServer, params: types.InitializedParams) -> None:
-        log_to_client(
-            ls, f"codegen-lsp {VERSION}: model {ls.settings.model}, positions {ls.position_encoding}"
-        )
-        try:
-            await ls.models.get("")  # load the default model now rather than at the first keystroke
-        except asyncio.CancelledError:  # the client went away while it loaded
-            return
-        except Exception as e:
-            show(ls, f"codegen: {e}")
+def did_open(ls: CodegenServer, params: types.DidOpenTextDocumentParams) -> None:
+    d = params.text_document
+    doc = ls.documents.open(d.uri, d.language_id, d.version, d.text)
+    if ls.settings.prefill_on_open:
+        task = asyncio.ensure_future(ls.completer.prefill_on_open(doc))
+        ls.background.add(task)
+        task.add_done_callback(ls.background.discard)
 
-    @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-    async def did_change_configuration(ls: CodegenServer, params: types.DidChangeConfigurationParams) -> None:
-        raw = params.settings
-        if not raw and ls.client_capabilities.workspace and ls.client_capabilities.workspace.configuration:
-            items = [types.ConfigurationItem(section="codegen")]
-            raw = (await ls.workspace_configuration_async(types.ConfigurationParams(items=items)))[0]
-        ls.apply_settings(raw)
 
-    @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def did_open(ls: CodegenServer, params: types.DidOpenTextDocumentParams) -> None:
-        d = params.text_document
-        doc = ls.documents.open(d.uri, d.language_id, d.version, d.text)
-        if ls.settings.prefill_on_open:
-            task = asyncio.ensure_future(ls.completer.prefill_on_open(doc))
-            ls.background.add(task)
-            task.add_done_callback(ls.background.discard)
+def did_change(ls: CodegenServer, params: types.DidChangeTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    try:
+        doc = ls.documents.get(uri)
+        for change in params.content_changes:
+            doc.apply_change(change, ls.position_encoding)
+        doc.version = params.text_document.version
+        ls.completer.prefetch.edited(doc, params.content_changes, ls.position_encoding)
+    except DocumentError as e:
+        log_to_client(ls, f"codegen: {e}", types.MessageType.Warning)
 
-    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
-    def did_change(ls: CodegenServer, params: types.DidChangeTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        try:
-            doc = ls.documents.get(uri)
-            for change in params.content_changes:
-                doc.apply_change(change, ls.position_encoding)
-            doc.version = params.text_document.version
-            ls.completer.prefetch.edited(doc, params.content_changes, ls.position_encoding)
-        except DocumentError as e:
-            log_to_client(ls, f"codegen: {e}", types.MessageType.Warning)
 
-    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
-    def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        ls.documents.close(uri)
-        ls.completer.forget(uri)
-        ls.completer.stop_prefill(uri)
-        for kind in KINDS:
-            ls.worker.supersede((uri, kind))
-        engines = [entry.engine for entry in ls.models.entries.values()]
-        off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in engines])  # never on the loop
+def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    ls.documents.close(uri)
+    ls.completer.forget(uri)
+    ls.completer.stop_prefill(uri)
+    for kind in KINDS:
+        ls.worker.supersede((uri, kind))
+    engines = [entry.engine for entry in ls.models.entries.values()]
+    off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in engines])  # never on the loop
 
-    @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
-    async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):
-        doc, offset = doc_offset(ls, params.text_document.uri, params.position)
-        automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
-        selected = None
-        if (info := params.context.selected_completion_info) is not None:
-            start, _ = doc.offset_at(info.range.start.line, info.range.start.character, ls.position_encoding)
-            end, _ = doc.offset_at(info.range.end.line, info.range.end.character, ls.position_encoding)
-            selected = (start, end, info.text)
-        out = await ls.completer.complete(doc, offset, automatic, selected)
-        if out.reason:
-            return types.InlineCompletionList(items=[])
-        item = types.InlineCompletionItem(
-            insert_text=out.text,
-            range=to_range(ls, doc, out.start, out.end),
-            command=acceptance.item_command(ls, doc, out, offset),  # run by the client on acceptance
-        )
-        return types.InlineCompletionList(items=[item])
 
-    completion_options = types.CompletionOptions(
-        trigger_characters=TRIGGER_CHARACTERS, resolve_provider=False
+async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):
+    doc, offset = doc_offset(ls, params.text_document.uri, params.position)
+    automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+    selected = None
+    if (info := params.context.selected_completion_info) is not None:
+        start, _ = doc.offset_at(info.range.start.line, info.range.start.character, ls.position_encoding)
+        end, _ = doc.offset_at(info.range.end.line, info.range.end.character, ls.position_encoding)
+        selected = (start, end, info.text)
+    out = await ls.completer.complete(doc, offset, automatic, selected)
+    if out.reason:
+        return types.InlineCompletionList(items=[])
+    item = types.InlineCompletionItem(
+        insert_text=out.text,
+        range=to_range(ls, doc, out.start, out.end),
+        command=acceptance.item_command(ls, doc, out, offset),  # run by the client on acceptance
     )
+    return types.InlineCompletionList(items=[item])
 
-    @ls.feature(types.TEXT_DOCUMENT_COMPLETION, completion_options)
-    async def completion(ls: CodegenServer, params: types.CompletionParams):
-        doc, offset = doc_offset(ls, params.text_document.uri, params.position)
-        ctx = params.context
-        automatic = ctx is None or ctx.trigger_kind != types.CompletionTriggerKind.Invoked
-        out = await ls.completer.complete(doc, offset, automatic, kind="list")
-        if out.reason:
-            return types.CompletionList(is_incomplete=True, items=[])
-        word = word_before(doc.text, offset)
-        new_text = doc.text[offset - len(word) : offset] + out.text
-        first = new_text.split("\n", 1)[0]
-        label = first.strip() or next((ln.strip() for ln in new_text.splitlines() if ln.strip()), "")
-        item = types.CompletionItem(
-            label=label,
-            kind=types.CompletionItemKind.Text,
-            detail="codegen",
-            documentation=new_text,
-            filter_text=first,
-            sort_text="0",
-            preselect=True,
-            insert_text_format=types.InsertTextFormat.PlainText,
-            text_edit=types.TextEdit(range=to_range(ls, doc, offset - len(word), out.end), new_text=new_text),
-        )
-        return types.CompletionList(is_incomplete=True, items=[item])
 
-    for name, handler in COMMANDS.items():
+async def completion(ls: CodegenServer, params: types.CompletionParams):
+    doc, offset = doc_offset(ls, params.text_document.uri, params.position)
+    ctx = params.context
+    automatic = ctx is None or ctx.trigger_kind != types.CompletionTriggerKind.Invoked
+    out = await ls.completer.complete(doc, offset, automatic, kind="list")
+    if out.reason:
+        return types.CompletionList(is_incomplete=True, items=[])
+    word = word_before(doc.text, offset)
+    new_text = doc.text[offset - len(word) : offset] + out.text
+    first = new_text.split("\n", 1)[0]
+    label = first.strip() or next((ln.strip() for ln in new_text.splitlines() if ln.strip()), "")
+    item = types.CompletionItem(
+        label=label,
+        kind=types.CompletionItemKind.Text,
+        detail="codegen",
+        documentation=new_text,
+        filter_text=first,
+        sort_text="0",
+        preselect=True,
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(range=to_range(ls, doc, offset - len(word), out.end), new_text=new_text),
+    )
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def create_server() -> CodegenServer:
+    """A server with every handler and command registered: its table of contents."""
+    ls = CodegenServer()
+    features = (  # (LSP method, handler, options)
+        (types.INITIALIZE, initialize, None),
+        (types.SHUTDOWN, shutdown, None),
+        (types.EXIT, exit_, None),
+        (types.INITIALIZED, initialized, None),
+        (types.WORKSPACE_DID_CHANGE_CONFIGURATION, did_change_configuration, None),
+        (types.TEXT_DOCUMENT_DID_OPEN, did_open, None),
+        (types.TEXT_DOCUMENT_DID_CHANGE, did_change, None),
+        (types.TEXT_DOCUMENT_DID_CLOSE, did_close, None),
+        (types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_completion, types.InlineCompletionOptions()),
+        (types.TEXT_DOCUMENT_COMPLETION, completion, COMPLETION_OPTIONS),
+    )
+    for feature, handler, options in features:
+        ls.feature(feature, options)(handler)
+    for name, handler in COMMANDS:
         register_command(ls, name, handler)
     if os.environ.get("CODEGEN_LSP_DEBUG") == "1":  # tests only: read back a document's text and version
-        register_command(ls, "codegen.debug.document", debug_document)
+        register_command(ls, "codegen.debug.document", commands.debug_document)
     return ls
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import cattrs
 
-MODES = ("line", "block", "free", "sentence")
-PROSE_LANGUAGES = ("markdown", "plaintext", "restructuredtext")
+from lsp_server.constants import DEFAULT_MODEL, MODES, PROSE_LANGUAGES
+
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 LOG_LEVELS = ("error", "warning", "info", "debug")
@@ -124,7 +124,7 @@ _REMOTE_SCHEMA = {
         "model": {"type": "string", "description": "The served model's name."},
         "apiKeyEnv": {"type": "string", "description": "Environment variable holding the API key."},
         "timeoutMs": {"type": "integer", "minimum": 100, "maximum": 600000, "default": 10000},
-        "tokenizer": {"type": "string", "default": "Salesforce/codegen-350M-mono"},
+        "tokenizer": {"type": "string", "default": DEFAULT_MODEL},
     },
 }
 
@@ -143,7 +143,7 @@ _MODE_SCHEMA = {
 }
 
 TABLE: tuple[Option, ...] = (
-    Option("model", str, "Salesforce/codegen-350M-mono", "hub id, local checkpoint directory, or `builtin`"),
+    Option("model", str, DEFAULT_MODEL, "hub id, local checkpoint directory, or `builtin`"),
     Option(
         "device", str, "auto", "`auto`, `cpu`, `cuda`, `cuda:N`, `mps` (one this machine has)", check=_device
     ),

@@ -29,8 +29,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
 from lsp_server import jsonrpc
-from lsp_server import synthesis as syn
-from lsp_server.commands import command
+from lsp_server import mtpb as syn
 from lsp_server.documents import DocumentError
 from lsp_server.progress import Progress
 from lsp_server.settings import OPTIONS, check
@@ -235,7 +234,6 @@ async def _apply(server, doc, version: int, where: types.Range, program: str) ->
     return out
 
 
-@command("codegen.synthesize")
 async def synthesize(server, args: list) -> dict:
     """Every turn on one session; optionally written at the position or over the range: one versioned edit."""
     obj = _object(args, "codegen.synthesize")
@@ -279,7 +277,6 @@ async def synthesize(server, args: list) -> dict:
     return result
 
 
-@command("codegen.synthesis.start")
 async def start(server, args: list) -> dict:
     """A conversation continuing the document at the position (or MTPB's header for a language)."""
     obj = _object(args, "codegen.synthesis.start")
@@ -304,7 +301,6 @@ async def start(server, args: list) -> dict:
     return {"id": conv.id, "languageId": conv.language_id, "historyTokens": len(tok.encode(conv.lead))}
 
 
-@command("codegen.synthesis.turn")
 async def turn(server, args: list) -> dict:
     """One turn of a conversation; the code arrives with the answer."""
     obj = _object(args, "codegen.synthesis.turn")
@@ -333,7 +329,6 @@ async def turn(server, args: list) -> dict:
     }
 
 
-@command("codegen.synthesis.end")
 async def end(server, args: list) -> dict:
     """Free a conversation."""
     obj = _object(args, "codegen.synthesis.end")

@@ -9,7 +9,7 @@ import pytest
 
 from inference.engine import GenerationParams
 from lsp_server import cli
-from lsp_server import synthesis as syn
+from lsp_server import mtpb as syn
 from tests.conftest import server_env
 
 TURNS = ["Define a variable a = 3.", "Print a."]

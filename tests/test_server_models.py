@@ -10,8 +10,8 @@ import torch
 import inference.engine
 import inference.loader
 from inference.errors import ModelLoadError
-from inference.worker import Worker
 from lsp_server.models import ModelManager, ModelUnavailable
+from lsp_server.scheduler import Worker
 from lsp_server.settings import Settings, update
 
 

@@ -11,7 +11,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
 from inference.engine import GenerationParams
-from lsp_server import synthesis as syn
+from lsp_server import mtpb as syn
 from tests.conftest import change, open_doc, status
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from lsp_server import synthesis as syn
-from lsp_server.synthesis import SynthesisError
+from lsp_server import mtpb as syn
+from lsp_server.mtpb import SynthesisError
 
 # --- prompt building (pure) -------------------------------------------------------------------------
 

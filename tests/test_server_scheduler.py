@@ -1,4 +1,4 @@
-"""The inference worker: one thread, newest request per key wins, cancellation reaches the computation."""
+"""The scheduler: one thread, newest request per key wins, cancellation reaches the computation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from inference.worker import Superseded, Worker
+from lsp_server.scheduler import Superseded, Worker
 
 
 def spinner(started: threading.Event, seen_cancel: list, steps: int = 400):

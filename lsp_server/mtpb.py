@@ -1,4 +1,4 @@
-"""Multi-turn program synthesis in CodeGen's MTPB format, on one engine session per conversation.
+"""MTPB prompts and the conversation store: multi-turn synthesis on one engine session (no LSP, no CLI).
 
 The prompt of turn k is: the document before the cursor (or MTPB's import header for an empty Python
 document), then for each earlier turn its comment line, its truncated code and "\n\n", then turn k's
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -370,60 +368,3 @@ class ConversationStore:
             while len(self._gone) > 256:
                 self._gone.popitem(last=False)
         log.info("synthesis conversation %s %s", conv.id, why)
-
-
-LANGUAGE_BY_SUFFIX = {
-    ".py": "python", ".js": "javascript", ".ts": "typescript", ".c": "c", ".h": "c", ".cpp": "cpp",
-    ".cc": "cpp", ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby", ".sh": "shellscript",
-    ".lua": "lua", ".sql": "sql", ".php": "php", ".cs": "csharp", ".kt": "kotlin", ".swift": "swift",
-}  # fmt: skip
-
-
-def main(args: Any) -> int:
-    """`codegen-lsp synthesize`: print the program for the given turns; per-turn figures go to stderr."""
-    from inference.engine import Engine, GenerationParams
-    from inference.errors import ModelLoadError
-    from inference.loader import load_model
-
-    try:
-        turns = validate_turns(list(args.turns))
-        text_before, language_id = "", "python"
-        if getattr(args, "file", None):
-            path = Path(args.file)
-            text_before = path.read_text(encoding="utf-8")
-            language_id = LANGUAGE_BY_SUFFIX.get(path.suffix.lower(), "python")
-        params = GenerationParams(
-            max_new_tokens=validate_max_new_tokens(args.max_new_tokens_per_turn),
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-        validate_max_new_tokens(params.max_new_tokens, loaded.config.n_positions)
-    except (SynthesisError, ModelLoadError, OSError, UnicodeDecodeError, ValueError) as exc:
-        print(f"codegen-lsp synthesize: error: {exc}", file=sys.stderr)
-        return 2
-    if getattr(loaded, "notice", None):
-        print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
-
-    def report(k: int, turn: TurnResult) -> None:
-        print(
-            f"turn {k}/{len(turns)}: {turn.tokens} tokens, {turn.stop_reason}, {turn.ms:.0f} ms, "
-            f"prefill {turn.prefill_tokens}/{turn.prompt_tokens}",
-            file=sys.stderr,
-        )
-
-    result = synthesize(
-        Engine(loaded), turns, params, text_before=text_before, language_id=language_id, on_turn=report
-    )
-    print(
-        f"prefilled {result['prefillTokens']} tokens in all for a final prompt of {result['promptTokens']}",
-        file=sys.stderr,
-    )
-    sys.stdout.write(result["program"])
-    sys.stdout.flush()
-    return 0
-
-
-# The LSP commands live next door; importing this module registers them (the server imports it at start).
-from lsp_server import synthesis_commands  # noqa: E402, F401
