@@ -67,6 +67,16 @@ class Engine:
             self.sessions.pop(key, None)
             self.pool.drop(key)
 
+    def try_drop_session(self, key: Hashable) -> bool:
+        """drop_session(key) when no generation holds the engine (never waits); False when one does."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self.drop_session(key)
+        finally:
+            self._lock.release()
+        return True
+
     def set_cache_budget(self, budget_bytes: int) -> None:
         """Resize the KV-cache pool (frees the least recently used caches beyond the new budget)."""
         with self._lock:

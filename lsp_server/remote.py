@@ -212,6 +212,10 @@ class RemoteEngine:
     def drop_session(self, key: Hashable) -> None:
         """Nothing is kept per document here: the server's prefix cache is shared."""
 
+    def try_drop_session(self, key: Hashable) -> bool:
+        """Nothing to drop: done at once."""
+        return True
+
     def clear_cache(self) -> None:
         """Nothing to free on this side."""
 

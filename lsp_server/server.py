@@ -181,8 +181,11 @@ def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> No
     ls.completer.stop_prefill(uri)
     for kind in KINDS:
         ls.worker.supersede((uri, kind))
-    engines = [entry.engine for entry in ls.models.entries.values()]
-    off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in engines])  # never on the loop
+    # Free the caches at once where no generation holds the engine (so status shows it), else on the
+    # inference thread: the event loop never waits for a generation.
+    busy = [entry.engine for entry in ls.models.entries.values() if not entry.engine.try_drop_session(uri)]
+    if busy:
+        off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in busy])
 
 
 async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 import torch
@@ -107,6 +108,31 @@ def test_lru_eviction_under_a_byte_budget(lm):
     assert r.token_ids == fresh(lm, BASE, params).token_ids
     assert engine.generate("c", BASE, params).reused_tokens > 0
     assert engine.generate("a", BASE, params).reused_tokens == 0
+
+
+def test_try_drop_session_never_waits_for_a_generation(lm):
+    """didClose frees a cache at once when the engine is idle, and leaves it when a generation holds it."""
+    engine = Engine(lm, max_context=256)
+    engine.generate("a", BASE, GenerationParams(max_new_tokens=2))
+    engine.generate("b", BASE, GenerationParams(max_new_tokens=2))
+    held, release = threading.Event(), threading.Event()
+
+    def generation() -> None:  # stands for a generation on the inference thread: it holds the lock
+        with engine._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=generation)
+    thread.start()
+    held.wait(10)
+    try:
+        assert engine.try_drop_session("a") is False
+        assert "a" in engine.stats()["cached_tokens"]
+    finally:
+        release.set()
+        thread.join()
+    assert engine.try_drop_session("a") is True
+    assert set(engine.stats()["cached_tokens"]) == {"b"}
 
 
 def test_cache_pool_keeps_one_cache_even_over_budget():
