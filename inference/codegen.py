@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from inference.config import CodeGenConfig
 from inference.kv_cache import KVCache, first_position
-from inference.ops import Linear, attention, linear
+from inference.ops import Linear, cached_attention, linear
 
 MP_NUM = 4  # CodeGen's qkv_proj output is laid out for 4 model-parallel shards
 
@@ -103,9 +103,7 @@ class Block(nn.Module):
         qk, v, m = self._project_in(a)
         q, k = apply_rotary(qk, rope, self.rotary_dim).transpose(1, 2).split(self.n_head, dim=1)
         v = v.transpose(1, 2)  # q, k, v: [B, H, T, D]
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)  # k, v: [B, H, start+T, D]
-        y = attention(q, k, v, start)
+        y = cached_attention(q, k, v, start, cache, layer)  # y: [B, H, T, D]
         y = y.transpose(1, 2).reshape(B, T, E)
         return x + self._project_out(y, F.gelu(m, approximate="tanh"))
 

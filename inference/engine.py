@@ -35,7 +35,7 @@ class Engine:
         self.pool = CachePool(
             cache_budget_bytes,
             factory=lambda: KVCache(*shape, batch=1, device=loaded.device, dtype=loaded.dtype),
-            cache_nbytes=kv_cache_nbytes(*shape, batch=1, dtype=loaded.dtype),
+            cache_nbytes=kv_cache_nbytes(*shape, batch=1, dtype=loaded.dtype, device=loaded.device),
         )
         self.sessions: OrderedDict[Hashable, Session] = OrderedDict()
         self._lock = threading.RLock()

@@ -3,61 +3,126 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor
 
+from inference.quant import fbgemm_cpu
+
 log = logging.getLogger(__name__)
 
 
-class KVCache:
-    """k, v: [L, B, H, S, D], allocated once; positions are written in place.
+BLOCK = 64  # positions per key block in the "blocked" layout (see KVCache)
 
-    With positions_last (the CPU layout) they are stored as [L, B, H, D, S]: a query's scores (q @ K^T)
-    and output (p @ V) then read contiguous rows (1.6x the bandwidth of the [S, D] layout for one query).
-    update() returns [B, H, S, D] views either way.
+
+def default_layout(device) -> str:
+    """The KV layout attention reads fastest on `device` (see KVCache)."""
+    if torch.device(device).type != "cpu":
+        return "positions_first"
+    return "blocked" if fbgemm_cpu() else "positions_last"
+
+
+class KVCache:
+    """One session's keys and values for every layer, allocated once; positions are written in place.
+
+    Three layouts (update() returns [B, H, S, D] views or copies of the positions in use in each):
+    - "positions_first" (GPU): k, v [L, B, H, capacity, D], what scaled_dot_product_attention reads.
+    - "blocked" (CPU with fbgemm, i.e. x86 with AVX2): keys in blocks of BLOCK positions, positions last in
+      a block, k [L, B, H, capacity / BLOCK, D, BLOCK]; values positions first, v [L, B, H, capacity, D].
+      A few queries then read both with torch's embedding_bag (fbgemm's row kernels, ops.bag_attention):
+      scores are weighted sums of key rows (one row: D-th coordinate of BLOCK positions), outputs weighted
+      sums of value rows. Every row read is contiguous and each head's positions in use are one span.
+    - "positions_last" (other CPUs): k, v [L, B, H, D, capacity], read by batched matmuls (small_attention).
     """
 
     def __init__(
-        self,
-        n_layer,
-        n_head,
-        head_dim,
-        capacity,
-        batch=1,
-        device="cpu",
-        dtype=torch.float32,
-        positions_last: bool | None = None,
+        self, n_layer, n_head, head_dim, capacity, batch=1, device="cpu", dtype=torch.float32, layout=None
     ):
-        if positions_last is None:
-            positions_last = torch.device(device).type == "cpu"
-        self.positions_last = positions_last
-        dims = (head_dim, capacity) if positions_last else (capacity, head_dim)
-        shape = (n_layer, batch, n_head, *dims)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.layout = layout or default_layout(device)
+        assert self.layout in LAYOUTS, f"unknown KV layout {self.layout!r}"
         self.capacity = capacity
+        k_shape, v_shape = layout_shapes(self.layout, n_layer, batch, n_head, head_dim, capacity)
+        self.k = torch.zeros(k_shape, device=device, dtype=dtype)
+        self.v = torch.zeros(v_shape, device=device, dtype=dtype)
         self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views
+        self._bag_key, self._bag_indices = None, None
 
     @property
     def nbytes(self) -> int:
         """Bytes held by k and v."""
         return self.k.nbytes + self.v.nbytes
 
-    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, D] at positions start..start+T-1; return views of positions 0..start+T-1."""
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> None:
+        """Write k, v [B, H, T, D] at positions start..start+T-1."""
         end = start + k.shape[2]
         assert end <= self.capacity, f"KV cache full: {end} > {self.capacity}"
         k_all, v_all = self._layers[layer]
-        if not self.positions_last:
+        if self.layout == "positions_first":
             k_all[:, :, start:end] = k
             v_all[:, :, start:end] = v
+        elif self.layout == "positions_last":
+            k_all[..., start:end] = k.transpose(-1, -2)
+            v_all[..., start:end] = v.transpose(-1, -2)
+        else:
+            v_all[:, :, start:end] = v
+            pos = start
+            while pos < end:  # block by block: k_all[:, :, j, :, off] holds position j * BLOCK + off
+                j, off = divmod(pos, BLOCK)
+                n = min(BLOCK - off, end - pos)
+                k_all[:, :, j, :, off : off + n] = k[:, :, pos - start : pos - start + n].transpose(-1, -2)
+                pos += n
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] at start..start+T-1; return positions 0..start+T-1 as [B, H, S, D]."""
+        self.write(layer, start, k, v)
+        end = start + k.shape[2]
+        k_all, v_all = self._layers[layer]
+        if self.layout == "positions_first":
             return k_all[:, :, :end], v_all[:, :, :end]
-        k_all[..., start:end] = k.transpose(-1, -2)
-        v_all[..., start:end] = v.transpose(-1, -2)
-        return k_all[..., :end].transpose(-1, -2), v_all[..., :end].transpose(-1, -2)
+        if self.layout == "positions_last":
+            return k_all[..., :end].transpose(-1, -2), v_all[..., :end].transpose(-1, -2)
+        B, H, _, D, _ = k_all.shape
+        n = -(-end // BLOCK)  # blocks in use
+        keys = k_all[:, :, :n].transpose(-1, -2).reshape(B, H, n * BLOCK, D)  # a copy
+        return keys[:, :, :end], v_all[:, :, :end]
+
+    def bag_weights(self, layer: int) -> tuple[Tensor, Tensor]:
+        """A blocked layer's keys as rows [B*H*NB*D, BLOCK] and values as rows [B*H*capacity, D]."""
+        k_all, v_all = self._layers[layer]
+        return k_all.view(-1, BLOCK), v_all.view(-1, v_all.shape[-1])
+
+    def bag_indices(self, T: int, S: int) -> tuple[Tensor, Tensor]:
+        """Rows each bag of ops.bag_attention sums, for T queries over S positions (computed once a step).
+
+        keys [B*H*T*n, D]: bag (b, h, t, j) holds rows D-th coordinates of block j (n blocks in use);
+        values [B*H*T, S]: bag (b, h, t) holds the rows of positions 0..S-1 of head (b, h).
+        """
+        if self._bag_key != (T, S):
+            B, H, NB, D, _ = self._layers[0][0].shape
+            n, dev = -(-S // BLOCK), self.k.device
+            blocks = torch.arange(B * H, device=dev)[:, None] * NB + torch.arange(n, device=dev)  # [BH, n]
+            rows = blocks[:, None, :, None] * D + torch.arange(D, device=dev)  # [BH, 1, n, D]
+            keys = rows.expand(B * H, T, n, D).reshape(-1, D)
+            pos = torch.arange(B * H, device=dev)[:, None, None] * self.capacity + torch.arange(S, device=dev)
+            values = pos.expand(B * H, T, S).reshape(-1, S)
+            self._bag_key, self._bag_indices = (T, S), (keys.int(), values.int())
+        return self._bag_indices
+
+
+LAYOUTS = ("positions_first", "positions_last", "blocked")
+
+
+def layout_shapes(layout, n_layer, batch, n_head, head_dim, capacity) -> tuple[tuple, tuple]:
+    """Shapes of k and v in `layout` (blocked keys are padded to whole blocks)."""
+    lead = (n_layer, batch, n_head)
+    if layout == "positions_last":
+        return (*lead, head_dim, capacity), (*lead, head_dim, capacity)
+    if layout == "blocked":
+        return (*lead, -(-capacity // BLOCK), head_dim, BLOCK), (*lead, capacity, head_dim)
+    return (*lead, capacity, head_dim), (*lead, capacity, head_dim)
 
 
 def first_position(T: int, input_pos: Tensor | None, cache: KVCache | None, n_positions: int) -> int:
@@ -71,10 +136,11 @@ def first_position(T: int, input_pos: Tensor | None, cache: KVCache | None, n_po
     return start
 
 
-def kv_cache_nbytes(n_layer, n_head, head_dim, capacity, batch=1, dtype=torch.float32) -> int:
-    """What a KVCache of that shape would take, without allocating it."""
+def kv_cache_nbytes(n_layer, n_head, head_dim, capacity, batch=1, dtype=torch.float32, device="cpu") -> int:
+    """What a KVCache of that shape would take on `device` (in its default layout), without allocating it."""
     elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * n_layer * batch * n_head * capacity * head_dim * elem
+    shapes = layout_shapes(default_layout(device), n_layer, batch, n_head, head_dim, capacity)
+    return sum(math.prod(s) for s in shapes) * elem
 
 
 class CachePool:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from inference.config import ModelConfig
 from inference.errors import ModelLoadError
 from inference.kv_cache import KVCache, first_position
-from inference.ops import Linear, attention
+from inference.ops import Linear, cached_attention
 
 
 @dataclass
@@ -121,9 +121,7 @@ class Attention(nn.Module):
         q, k, v = qkv.split(D, dim=-1)  # each [B, H, T, D]
         q = apply_rotary(q, cos, sin, self.rotary_ndims)
         k = apply_rotary(k, cos, sin, self.rotary_ndims)
-        if cache is not None:
-            k, v = cache.update(layer, start, k, v)  # k, v: [B, H, start+T, D]
-        y = attention(q, k, v, start)  # y: [B, H, T, D]
+        y = cached_attention(q, k, v, start, cache, layer)  # y: [B, H, T, D]
         y = self.dense(y.transpose(1, 2).reshape(B, T, E))
         return y + self.dense_bias if self.dense_bias is not None else y
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inference.kv_cache import KVCache
 from inference.quant import Int8Weight
 
 # Below this many rows (tokens), a float32 CPU matmul is a matrix-vector product bound by memory bandwidth.
@@ -16,8 +17,8 @@ ONEDNN_MAX_ROWS = 32
 ONEDNN_MIN_WEIGHT = 1 << 20
 USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-# Up to this many queries, attention is two batched matrix-vector products over the cache (see KVCache's
-# positions-last layout); longer prefills use scaled_dot_product_attention.
+# Up to this many queries, a CPU attention reads the cache with row kernels (bag_attention, or batched
+# matrix-vector products: small_attention); longer prefills use scaled_dot_product_attention.
 SMALL_ATTENTION_MAX_T = 16
 
 
@@ -45,6 +46,43 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
+
+
+def cached_attention(
+    q: Tensor, k: Tensor, v: Tensor, start: int, cache: KVCache | None, layer: int
+) -> Tensor:
+    """Write k, v [B, H, T, D] at start.. of `cache` (if any); attend q [B, H, T, D] over 0..start+T-1."""
+    if cache is None:
+        return attention(q, k, v, start)
+    if cache.layout == "blocked" and q.shape[2] <= SMALL_ATTENTION_MAX_T:
+        cache.write(layer, start, k, v)
+        return bag_attention(q, cache, layer, start + q.shape[2])
+    if start == 0:  # nothing cached before: the new keys and values are all there is
+        cache.write(layer, 0, k, v)
+        return attention(q, k, v, 0)
+    k, v = cache.update(layer, start, k, v)  # k, v: [B, H, start+T, D]
+    return attention(q, k, v, start)
+
+
+def bag_attention(q: Tensor, cache: KVCache, layer: int, S: int) -> Tensor:
+    """Causal attention of q [B, H, T, D] (the last T of S positions) over a blocked cache: y [B, H, T, D].
+
+    Both products are embedding_bag sums of cache rows weighted per bag (fbgemm's kernels): the scores of
+    block j are sum_d q_d * K[d, j*BLOCK:(j+1)*BLOCK], the output sum_s p_s * V[s]. Both read each row once,
+    contiguously (torch's batched matmuls read these shapes at about half the memory's speed: see
+    docs/PERFORMANCE.md).
+    """
+    B, H, T, D = q.shape
+    k_rows, v_rows = cache.bag_weights(layer)
+    k_idx, v_idx = cache.bag_indices(T, S)  # [B*H*T*n, D], [B*H*T, S]
+    n = k_idx.shape[0] // (B * H * T)
+    qw = (q * D**-0.5).unsqueeze(3).expand(B, H, T, n, D).reshape(-1, D)
+    scores = F.embedding_bag(k_idx, k_rows, per_sample_weights=qw, mode="sum")  # [B*H*T*n, BLOCK]
+    scores = scores.view(B, H, T, -1)[..., :S]  # [B, H, T, S]
+    if T > 1:
+        scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+    p = scores.softmax(dim=-1).view(-1, S)  # [B*H*T, S]
+    return F.embedding_bag(v_idx, v_rows, per_sample_weights=p, mode="sum").view(B, H, T, D)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:

@@ -39,10 +39,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def fbgemm_cpu() -> bool:
+    """Whether torch's fbgemm kernels run here: an x86 CPU with AVX2 (or AVX-512) and a build with fbgemm."""
+    capable = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return capable and "fbgemm" in torch.backends.quantized.supported_engines
+
+
 def int8_kernel() -> str | None:
     """'fbgemm' where this CPU and torch build can run int8 products, else None."""
-    capable = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    return "fbgemm" if capable and "fbgemm" in torch.backends.quantized.supported_engines else None
+    return "fbgemm" if fbgemm_cpu() else None
 
 
 def reduce_range() -> bool:

@@ -9,7 +9,7 @@ from inference import registry
 from inference.codegen import CodeGen
 from inference.engine import Engine
 from inference.generate import GenerationParams
-from inference.kv_cache import KVCache
+from inference.kv_cache import BLOCK, LAYOUTS, KVCache
 from inference.loader import fill_weights, load_model
 from inference.weights import open_weights
 from tests.checkpoints import make_codegen_checkpoint
@@ -81,22 +81,24 @@ def test_logits_with_autograd_on(ckpt):
         assert max_diff(got, ref(idx).logits) < TOL
 
 
-@pytest.mark.parametrize("positions_last", [True, False], ids=["positions-last", "positions-first"])
-def test_logits_with_cache_in_chunks(ckpt, positions_last):
-    """Chunks of 13, 1, 1 and 25 tokens: the small-query attention (mask, no mask) and SDPA on the cache."""
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_logits_with_cache_in_chunks(ckpt, layout):
+    """Chunks of 13, 1, 1, 51, 1 and 13 tokens: the few-query attention (mask, no mask; in the blocked layout
+    across a block boundary) and SDPA on the cache."""
     _, ref, lm = ckpt
     cfg = lm.config
-    idx = ids_batch(3, 2, 40)
-    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, 64, batch=2, positions_last=positions_last)
+    idx = ids_batch(3, 2, 80)
+    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, 96, batch=2, layout=layout)
+    assert BLOCK < 66 < 80 <= 96  # the chunks cross a key block's end; the last block is padded
     pieces = []
     with torch.no_grad():
-        for a, b in [(0, 13), (13, 14), (14, 15), (15, 40)]:
+        for a, b in [(0, 13), (13, 14), (14, 15), (15, 66), (66, 67), (67, 80)]:
             pieces.append(lm.model(idx[:, a:b], torch.arange(a, b), cache))
         expected = ref(idx).logits
         last = lm.model(idx[:, 15:40], torch.arange(15, 40), cache, last_only=True)
     assert max_diff(torch.cat(pieces, dim=1), expected) < TOL
     assert last.shape == (2, 1, expected.shape[-1])
-    assert max_diff(last[:, 0], expected[:, -1]) < TOL
+    assert max_diff(last[:, 0], expected[:, 39]) < TOL
 
 
 def test_greedy_64_steps_token_identical(ckpt):

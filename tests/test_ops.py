@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import ops
-from inference.kv_cache import KVCache
+from inference.kv_cache import BLOCK, LAYOUTS, KVCache, kv_cache_nbytes
 
 ONEDNN = pytest.mark.skipif(not ops.USE_ONEDNN, reason="this torch build has no oneDNN")
 
@@ -92,12 +92,12 @@ def attention_bound(q, k, v) -> float:
     return 2 * per_eval * v.abs().max().item()
 
 
-@pytest.mark.parametrize("positions_last", [True, False], ids=["positions-last", "positions-first"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("T", [1, 3, ops.SMALL_ATTENTION_MAX_T, ops.SMALL_ATTENTION_MAX_T + 1], ids=str)
-def test_attention_over_the_cache_matches_sdpa(positions_last, T):
+def test_attention_over_the_cache_matches_sdpa(layout, T):
     B, H, D, S = 2, 4, 16, 37
     g = torch.Generator().manual_seed(T)
-    cache = KVCache(1, H, D, 64, batch=B, positions_last=positions_last)
+    cache = KVCache(1, H, D, 64, batch=B, layout=layout)
     k_old, v_old = torch.randn(B, H, S - T, D, generator=g), torch.randn(B, H, S - T, D, generator=g)
     cache.update(0, 0, k_old, v_old)
     q, k_new, v_new = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
@@ -109,3 +109,41 @@ def test_attention_over_the_cache_matches_sdpa(positions_last, T):
         got = ops.attention(q, k, v, S - T)
     want = reference_attention(q, k, v)
     assert ((got.double() - want.double()).abs() <= attention_bound(q, k, v)).all()
+
+
+def exact_attention(q, k, v):
+    """Causal attention of the last T of S positions in float64 (the exact value, for float32 inputs)."""
+    T, S, D = q.shape[2], k.shape[2], q.shape[3]
+    scores = q.double() @ k.double().transpose(-1, -2) / D**0.5
+    scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T), float("-inf"))
+    return scores.softmax(dim=-1) @ v.double()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("T", [1, 3, ops.SMALL_ATTENTION_MAX_T, ops.SMALL_ATTENTION_MAX_T + 1], ids=str)
+def test_cached_attention_matches_float64(monkeypatch, layout, T):
+    """Write, then attend, chunk by chunk across key blocks (S = 130 of capacity 160: the blocked layout's
+    last block is padded); the blocked layout goes through embedding_bag (bag_attention)."""
+    B, H, D, S = 2, 4, 16, 130  # D 16: the scale 1/sqrt(D) = 1/4 is exact, as attention_bound assumes
+    assert T == 1 or (S - T) // BLOCK < (S - 1) // BLOCK  # the queries' positions span two key blocks
+    g = torch.Generator().manual_seed(T)
+    cache = KVCache(1, H, D, 160, batch=B, layout=layout)
+    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    bags = []
+    real = ops.F.embedding_bag
+    monkeypatch.setattr(ops.F, "embedding_bag", lambda *a, **kw: bags.append(1) or real(*a, **kw))
+    with torch.inference_mode():
+        for a, b in [(0, 70), (70, S - T), (S - T, S)]:
+            got = ops.cached_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], a, cache, 0)
+    assert bool(bags) == (layout == "blocked" and T <= ops.SMALL_ATTENTION_MAX_T)
+    want = exact_attention(q[:, :, S - T :], k, v)
+    # attention_bound is for two float32 evaluations; one against the exact value is within half of it.
+    assert ((got.double() - want).abs() <= attention_bound(q[:, :, S - T :], k, v) / 2).all()
+
+
+@pytest.mark.parametrize("capacity", [64, 150])
+def test_kv_cache_nbytes_matches_the_cache(capacity):
+    """Blocked keys are padded to whole blocks; the engine's byte budget counts what is allocated."""
+    cache = KVCache(3, 4, 16, capacity, batch=2)
+    assert cache.nbytes == kv_cache_nbytes(3, 4, 16, capacity, batch=2)
+    assert cache.nbytes >= 2 * 3 * 2 * 4 * 16 * capacity * 4
