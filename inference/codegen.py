@@ -22,18 +22,23 @@ def rotary_tables(n_positions: int, rotary_dim: int, device=None) -> Tensor:
     return torch.stack((torch.cos(angles), torch.sin(angles)), dim=-1)
 
 
-def apply_rotary(x: Tensor, rope: Tensor, rotary_dim: int) -> Tensor:
+def apply_rotary(x: Tensor, freqs: Tensor, rotary_dim: int) -> Tensor:
     """GPT-J rotary on the first rotary_dim dims: each pair (x0, x1) as x0 + i*x1, times cos + i*sin.
 
-    x: [B, T, H, D]; rope: [T, R/2, 2]. Rotates x in place when that is safe (float32, no autograd).
+    x: [B, T, H, D]; freqs: [T, 1, R/2] complex (rotary_freqs). Rotates x in place when that is safe
+    (float32, no autograd).
     """
-    freqs = torch.view_as_complex(rope)[:, None]  # [T, 1, R/2]
     pairs = x[..., :rotary_dim].unflatten(-1, (-1, 2))  # [B, T, H, R/2, 2]
     if x.dtype == torch.float32 and not torch.is_grad_enabled():
         pairs.copy_(torch.view_as_real(torch.view_as_complex(pairs) * freqs))
         return x
     out = torch.view_as_real(torch.view_as_complex(pairs.float().contiguous()) * freqs).flatten(-2)
     return torch.cat((out.to(x.dtype), x[..., rotary_dim:]), dim=-1)
+
+
+def rotary_freqs(rope: Tensor) -> Tensor:
+    """rope [T, R/2, 2] (cos, sin) -> [T, 1, R/2] complex cos + i*sin, computed once a forward."""
+    return torch.view_as_complex(rope)[:, None]
 
 
 def hf_qkv_to_qkv(w: Tensor, n_embd: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -97,11 +102,11 @@ class Block(nn.Module):
             return linear(torch.cat((y, m), dim=-1), self.w_out, self.b_out)
         return self.out_proj(y) + self.fc_out(m)
 
-    def forward(self, x: Tensor, rope: Tensor, layer: int, start: int, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, freqs: Tensor, layer: int, start: int, cache: KVCache | None) -> Tensor:
         B, T, E = x.shape
         a = self.ln_1(x)
         qk, v, m = self._project_in(a)
-        q, k = apply_rotary(qk, rope, self.rotary_dim).transpose(1, 2).split(self.n_head, dim=1)
+        q, k = apply_rotary(qk, freqs, self.rotary_dim).transpose(1, 2).split(self.n_head, dim=1)
         v = v.transpose(1, 2)  # q, k, v: [B, H, T, D]
         y = cached_attention(q, k, v, start, cache, layer)  # y: [B, H, T, D]
         y = y.transpose(1, 2).reshape(B, T, E)
@@ -141,10 +146,10 @@ class CodeGen(nn.Module):
         """idx: [B, T] -> logits [B, T, V] float32 ([B, 1, V] with last_only)."""
         B, T = idx.shape
         start = first_position(T, input_pos, cache, self.config.n_positions)
-        rope = self.rope[start : start + T]  # [T, R/2, 2]
+        freqs = rotary_freqs(self.rope[start : start + T])  # [T, 1, R/2] complex
         x = self.wte(idx)  # x: [B, T, E]
         for i, block in enumerate(self.h):
-            x = block(x, rope, i, start, cache)
+            x = block(x, freqs, i, start, cache)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.ln_f(x)).float()

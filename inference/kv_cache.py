@@ -66,6 +66,9 @@ class KVCache:
         elif self.layout == "positions_last":
             k_all[..., start:end] = k.transpose(-1, -2)
             v_all[..., start:end] = v.transpose(-1, -2)
+        elif end == start + 1:  # one position: one strided copy each
+            v_all[:, :, start] = v[:, :, 0]
+            k_all[:, :, start // BLOCK, :, start % BLOCK] = k[:, :, 0]
         else:
             v_all[:, :, start:end] = v
             pos = start
@@ -94,21 +97,23 @@ class KVCache:
         k_all, v_all = self._layers[layer]
         return k_all.view(-1, BLOCK), v_all.view(-1, v_all.shape[-1])
 
-    def bag_indices(self, T: int, S: int) -> tuple[Tensor, Tensor]:
-        """Rows each bag of ops.bag_attention sums, for T queries over S positions (computed once a step).
+    def bag_indices(self, T: int, S: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """(indices, offsets) of the rows each bag of ops.bag_attention sums, for T queries over S positions.
 
-        keys [B*H*T*n, D]: bag (b, h, t, j) holds rows D-th coordinates of block j (n blocks in use);
-        values [B*H*T, S]: bag (b, h, t) holds the rows of positions 0..S-1 of head (b, h).
+        Keys: bag (b, h, t, j) sums rows ((b*H + h)*NB + j)*D + d, d < D (block j of n in use); values:
+        bag (b, h, t) rows (b*H + h)*capacity + s, s < S. int32; computed once a step, for every layer.
         """
         if self._bag_key != (T, S):
             B, H, NB, D, _ = self._layers[0][0].shape
-            n, dev = -(-S // BLOCK), self.k.device
-            blocks = torch.arange(B * H, device=dev)[:, None] * NB + torch.arange(n, device=dev)  # [BH, n]
-            rows = blocks[:, None, :, None] * D + torch.arange(D, device=dev)  # [BH, 1, n, D]
-            keys = rows.expand(B * H, T, n, D).reshape(-1, D)
-            pos = torch.arange(B * H, device=dev)[:, None, None] * self.capacity + torch.arange(S, device=dev)
-            values = pos.expand(B * H, T, S).reshape(-1, S)
-            self._bag_key, self._bag_indices = (T, S), (keys.int(), values.int())
+            n, dev, i32 = -(-S // BLOCK), self.k.device, torch.int32
+            bh = torch.arange(B * H, device=dev, dtype=i32)[:, None, None, None]
+            j = torch.arange(n, device=dev, dtype=i32)[:, None]
+            keys = ((bh * NB + j) * D + torch.arange(D, device=dev, dtype=i32)).expand(B * H, T, n, D)
+            values = (bh[..., 0] * self.capacity + torch.arange(S, device=dev, dtype=i32)).expand(B * H, T, S)
+            k_off = torch.arange(0, keys.numel(), D, device=dev, dtype=i32)
+            v_off = torch.arange(0, values.numel(), S, device=dev, dtype=i32)
+            self._bag_key = (T, S)
+            self._bag_indices = ((keys.reshape(-1), k_off), (values.reshape(-1), v_off))
         return self._bag_indices
 
 

@@ -74,15 +74,22 @@ def bag_attention(q: Tensor, cache: KVCache, layer: int, S: int) -> Tensor:
     """
     B, H, T, D = q.shape
     k_rows, v_rows = cache.bag_weights(layer)
-    k_idx, v_idx = cache.bag_indices(T, S)  # [B*H*T*n, D], [B*H*T, S]
-    n = k_idx.shape[0] // (B * H * T)
-    qw = (q * D**-0.5).unsqueeze(3).expand(B, H, T, n, D).reshape(-1, D)
-    scores = F.embedding_bag(k_idx, k_rows, per_sample_weights=qw, mode="sum")  # [B*H*T*n, BLOCK]
-    scores = scores.view(B, H, T, -1)[..., :S]  # [B, H, T, S]
+    (k_idx, k_off), (v_idx, v_off) = cache.bag_indices(T, S)  # bags: B*H*T*n of D rows, B*H*T of S rows
+    n = k_off.shape[0] // (B * H * T)
+    qw = torch.mul(q.unsqueeze(3).expand(B, H, T, n, D), D**-0.5).reshape(-1)  # each bag's row weights
+    scores = bag_sums(k_rows, k_idx, k_off, qw).view(B, H, T, -1)[..., :S]  # [B, H, T, S]
     if T > 1:
         scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
-    p = scores.softmax(dim=-1).view(-1, S)  # [B*H*T, S]
-    return F.embedding_bag(v_idx, v_rows, per_sample_weights=p, mode="sum").view(B, H, T, D)
+    p = scores.softmax(dim=-1).view(-1)  # [B*H*T*S]
+    return bag_sums(v_rows, v_idx, v_off, p).view(B, H, T, D)
+
+
+def bag_sums(rows: Tensor, idx: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    """[bags, row length]: bag i is sum_j weights[j] * rows[idx[j]] over j in offsets[i]..offsets[i+1]-1.
+
+    torch.embedding_bag in "sum" mode (fbgemm's kernel on x86), called without F.embedding_bag's checks.
+    """
+    return torch.embedding_bag(rows, idx, offsets, False, 0, False, weights, False, None)[0]
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
