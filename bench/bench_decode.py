@@ -2,7 +2,7 @@
 
 1. A random 8-layer, 512-wide CodeGen (vocabulary 51,200) at 1,110 cached positions and the built-in model
    at 300: engine decode ms/step (wall and process CPU time) against (weight + KV bytes read per step) /
-   (the best matrix-vector bandwidth measured in this run), in float32 and int8.
+   (the best bandwidth measured in this run: matrix-vector kernels and a plain read), float32 and int8.
 2. maxLatencyMs: the built-in model completes 20 keystrokes of real code (64 new tokens, no stop pattern)
    with and without a budget; p95 of a completion's time against the budget plus one line's decode.
 

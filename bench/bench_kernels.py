@@ -5,9 +5,10 @@ Four measurements, float32, best of several passes over more data than any cache
   2. `x @ W^T` for 1..32 rows x over the 350M shape's fused [7168, 1024] weights, by oneDNN and by torch's
      default (MKL): weight bytes per second, and each row count's cost against one row (what a prefill of
      a few tokens, or verifying drafted tokens in speculative decoding, pays over one decode step);
-  3. one query's attention over a 20-layer, 16-head, 64-dim KV cache (scores and output as batched matmuls,
-     the engine's CPU path) at 1041 positions, in a positions-last cache sized exactly and in one of 2048
-     positions (the engine's, rows strided), and scaled_dot_product_attention on a positions-first cache;
+  3. one query's attention over a 20-layer, 16-head, 64-dim KV cache at 1041 positions: the engine's
+     blocked cache read by embedding_bag (x86 with AVX2), batched matmuls over a positions-last cache sized
+     exactly and in one of 2048 positions (the engine's on other CPUs, rows strided), and
+     scaled_dot_product_attention on a positions-first cache;
   4. the engine's decode step on a model of the 350M depth (20 layers) with tiny widths (E 64, 4 heads,
      vocab 512) at the same position: what a step costs beyond moving bytes (op dispatch and Python);
   5. the int8 and half-precision products torch 2.13 ships, for 1 row and 1,000 rows over [7168, 1024]:
@@ -29,21 +30,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_keystroke import gemv_kernels  # noqa: E402 (this folder: the same kernels as the floor's)
-from bench_machine import best_seconds, describe, loadavg  # noqa: E402
+from bench_machine import best_seconds, describe, loadavg, read_bandwidth  # noqa: E402
 
-from inference import quant  # noqa: E402
+from inference import ops, quant  # noqa: E402
 from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
-from inference.kv_cache import KVCache  # noqa: E402
+from inference.kv_cache import KVCache, default_layout  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 16, 32)
 L, H, D = 20, 16, 64  # codegen-350M: layers, heads, head dim
-
-
-def read_bandwidth(nbytes: int = 1 << 29) -> float:
-    """Bytes/s of torch.sum over one float32 tensor of `nbytes`."""
-    x = torch.randn(nbytes // 4)
-    return nbytes / best_seconds(lambda: x.sum())
 
 
 def linear_bandwidths(mats: int = 10) -> dict[str, dict[int, float]]:
@@ -79,11 +74,17 @@ def attention_bandwidths(positions: int, capacity: int = 2048) -> dict[str, floa
     nbytes = 2 * L * H * D * S * 4
     cases = {
         f"batched matmuls, positions-last, {S} of {S}": lambda: bmm_attention(exact[:L], exact[L:]),
-        f"batched matmuls, positions-last, {S} of {capacity} (engine)": lambda: bmm_attention(
+        f"batched matmuls, positions-last, {S} of {capacity} (engine without fbgemm)": lambda: bmm_attention(
             strided[:L], strided[L:]
         ),
         f"scaled_dot_product_attention, positions-first, {S}": lambda: sdpa(first[:L], first[L:]),
     }
+    if default_layout("cpu") == "blocked":
+        cache = KVCache(L, H, D, capacity)
+        cache.k.normal_(), cache.v.normal_()
+        cases[f"embedding_bag rows, blocked layout, {S} of {capacity} (engine)"] = lambda: [
+            ops.bag_attention(q[None], cache, i, S) for i in range(L)
+        ]
     return {name: nbytes / best_seconds(fn) for name, fn in cases.items()}
 
 
@@ -139,7 +140,7 @@ def main() -> None:
     print(describe())
     print("load average at start (other processes share this machine): " + loadavg())
     with torch.inference_mode():
-        print(f"plain read (torch.sum, 512 MiB): {read_bandwidth() / 1e9:.1f} GB/s")
+        print(f"plain read (torch.sum, 512 MiB): {read_bandwidth()[0] / 1e9:.1f} GB/s")
         print("x [rows, 1024] @ W^T, ten [7168, 1024] float32 weights: weight GB/s (time vs 1 row)")
         for name, by_rows in linear_bandwidths().items():
             cells = "  ".join(f"{r}: {bw / 1e9:5.1f} ({by_rows[1] / bw:.2f}x)" for r, bw in by_rows.items())

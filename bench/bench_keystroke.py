@@ -4,7 +4,8 @@ A random-weight model with codegen-350M-mono's exact shape, the real tokenizer, 
 source file as context (~1000 tokens before the cursor); the next 20 characters are typed one keystroke at
 a time and each keystroke asks for a 16-token greedy completion, from the engine in int8 and in float32
 and from transformers in float32. Also: decode ms/token against a floor of (weight + KV bytes read per
-token) / (the best matrix-vector bandwidth measured in this run), and a cold prompt (nothing cached).
+token) / (the best bandwidth measured in this run: matrix-vector kernels and a plain read), and a cold
+prompt (nothing cached).
 
     python bench/bench_keystroke.py [--keystrokes 20] [--new-tokens 16] [--context-tokens 1000] [--threads N]
 """
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_machine import best_seconds, describe, loadavg  # noqa: E402
+from bench_machine import best_seconds, describe, loadavg, read_bandwidth  # noqa: E402
 
 from inference import ops, quant, registry  # noqa: E402
 from inference.codegen import CodeGen  # noqa: E402
@@ -140,12 +141,17 @@ def gemv_kernels() -> dict:
 
 
 def measure_bandwidths(when: str) -> dict:
-    """Each matrix-vector kernel's (wall, CPU-time) bandwidth, printed."""
+    """Each matrix-vector kernel's (wall, CPU-time) bandwidth and a plain read's (torch.sum), printed.
+
+    All on torch's thread count of the decode that follows; a floor takes the best of them, i.e. the
+    fastest any kernel read memory in this run (a plain read is what the memory gives at all).
+    """
     bws = {name: gemv_bandwidth(kernel) for name, kernel in gemv_kernels().items()}
     if quant.int8_kernel():
         bws["int8 " + quant.int8_kernel()] = int8_gemv_bandwidth()
+    bws["plain read (torch.sum)"] = read_bandwidth()
     for name, (b, bc) in bws.items():
-        print(f"matrix-vector bandwidth {when}, {name}: {b / 1e9:.2f} GB/s wall ({bc / 1e9:.2f} GB/s CPU)")
+        print(f"bandwidth {when}, {name}: {b / 1e9:.2f} GB/s wall ({bc / 1e9:.2f} GB/s CPU)")
     return bws
 
 

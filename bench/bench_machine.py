@@ -52,3 +52,12 @@ def best_seconds(fn, passes: int = 5, clock=time.perf_counter) -> float:
         fn()
         best = min(best, clock() - t)
     return best
+
+
+def read_bandwidth(nbytes: int = 1 << 29) -> tuple[float, float]:
+    """Bytes/s (wall, CPU time) of torch.sum over one float32 tensor of `nbytes` (more than any cache holds),
+    best of 5, on torch's current thread count: the memory's read speed, what no kernel can beat."""
+    x = torch.randn(nbytes // 4)
+    wall = best_seconds(lambda: x.sum())
+    cpu = best_seconds(lambda: x.sum(), clock=time.process_time)
+    return nbytes / wall, nbytes / max(cpu, 1e-9)
