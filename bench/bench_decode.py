@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench_keystroke import decode_weight_bytes, measure_bandwidths, pct  # noqa: E402
 from bench_machine import describe, loadavg  # noqa: E402
 
-from inference import quant  # noqa: E402
+from inference import ops, quant  # noqa: E402
 from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
 from inference.engine import Engine  # noqa: E402
@@ -43,6 +43,7 @@ def random_codegen(shape: dict) -> torch.nn.Module:
     torch.manual_seed(0)
     model = CodeGen(CodeGenConfig.from_dict({"model_type": "codegen", **shape}))
     model.prepare_for_inference()
+    ops.store_transposed(model)  # as the loader stores float32 weights on this CPU
     return model.eval().requires_grad_(False)
 
 

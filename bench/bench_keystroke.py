@@ -74,6 +74,7 @@ def build_models(tok):
     fill_weights(model, source, fam.weight_map(config), fam.ignored, torch.device("cpu"), torch.float32)
     model.init_buffers()
     model.prepare_for_inference()
+    ops.store_transposed(model)  # as the loader stores float32 weights on this CPU
     model.eval().requires_grad_(False)
     loaded = LoadedModel(
         name="random-350M-mono-shape",

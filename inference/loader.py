@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inference import hub, quant, registry
+from inference import hub, ops, quant, registry
 from inference.config import ModelConfig, read_config_json
 from inference.errors import ModelLoadError
 from inference.precision import auto_precision
@@ -128,6 +128,8 @@ def load_model(
     if is_int8(dtype):
         nbytes = quant.quantize_model(model)
         report(f"quantized {resolved.name}'s linear weights to int8 ({nbytes / 2**20:.0f} MiB)")
+    else:
+        ops.store_transposed(model)  # one-row float32 products read rows (ops.bag_linear) where fbgemm runs
     model.eval().requires_grad_(False)
     report(f"loaded {resolved.name} in {time.perf_counter() - t0:.1f}s")
     return LoadedModel(

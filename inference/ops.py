@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inference.kv_cache import KVCache
-from inference.quant import Int8Weight
+from inference.quant import Int8Weight, fbgemm_cpu
 
 # Below this many rows (tokens), a float32 CPU matmul is a matrix-vector product bound by memory bandwidth.
 # torch's MKL path runs it on one core (and is 2-4x slower still for 2..32 rows on AMD CPUs); oneDNN's uses
@@ -22,11 +25,81 @@ USE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, 
 SMALL_ATTENTION_MAX_T = 16
 
 
+# One-row float32 products where torch has fbgemm (x86 with AVX2): a weight stored transposed (its .t() is
+# contiguous [in, out]; store_transposed) is read as embedding_bag rows, y = sum_i x_i * W^T[i], with the
+# outputs cut into bags of BAG_ROW (a 1 KiB row; bags are what embedding_bag spreads over threads). fbgemm
+# reads those rows at about a plain read's speed, where MKL's and oneDNN's matrix-vector kernels do not on
+# every x86 CPU (bench/bench_kernels.py prints both). Outputs that no divisor >= MIN_BAG_ROW cuts evenly
+# keep the plain layout.
+USE_BAG_GEMV = fbgemm_cpu()
+BAG_ROW, MIN_BAG_ROW = 256, 64
+
+
+def bag_row(out: int) -> int | None:
+    """The bag row length for `out` outputs: its largest divisor <= BAG_ROW, None below MIN_BAG_ROW."""
+    r = next(d for d in range(min(out, BAG_ROW), 0, -1) if out % d == 0)
+    return r if r >= MIN_BAG_ROW else None
+
+
+@functools.cache
+def _bag_plan(n_in: int, bags: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Indices and offsets: bag c sums rows i*bags + c, i < n_in (W^T viewed as [n_in*bags, out/bags])."""
+    i32 = torch.int32
+    rows = (
+        torch.arange(n_in, dtype=i32, device=device) * bags
+        + torch.arange(bags, dtype=i32, device=device)[:, None]
+    )
+    return rows.reshape(-1), torch.arange(0, bags * n_in, n_in, dtype=i32, device=device)
+
+
+def bag_linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x [..., in] (one row) @ w.T + b for w stored transposed, by embedding_bag: [..., out]."""
+    out, n_in = w.shape
+    r = bag_row(out)
+    bags = out // r
+    idx, offsets = _bag_plan(n_in, bags, x.device)
+    weights = x.reshape(1, n_in).expand(bags, n_in).reshape(-1)  # each bag's row weights: x
+    y = bag_sums(w.t().view(n_in * bags, r), idx, offsets, weights).view(*x.shape[:-1], out)
+    return y if b is None else y.add_(b)
+
+
+def is_transposed(w: Tensor) -> bool:
+    """Whether w [out, in] is stored as contiguous [in, out] (store_transposed)."""
+    return w.dim() == 2 and w.stride() == (1, w.shape[0]) and w.shape[0] > 1
+
+
+def store_transposed(model: nn.Module) -> int:
+    """Store every float32 linear weight (int8_weights) of a prepared CPU model transposed, for bag_linear.
+
+    Weights shared with another module (a tied embedding) stay as they are. Returns how many moved.
+    """
+    if not USE_BAG_GEMV:
+        return 0
+    uses = collections.Counter(id(p) for m in model.modules() for p in m._parameters.values())
+    moved = 0
+    for module in model.modules():
+        for name, _ in getattr(module, "int8_weights", ()):
+            w = module._parameters.get(name)
+            ok = w is not None and w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
+            if ok and uses[id(w)] == 1 and bag_row(w.shape[0]) and not is_transposed(w):
+                w.data = w.data.t().contiguous().t()
+                moved += 1
+    return moved
+
+
 def linear(x: Tensor, w: Tensor | Int8Weight, b: Tensor | None = None) -> Tensor:
     """x: [..., in] @ w.T [in, out] + b -> [..., out], F.linear's arithmetic (int8: fbgemm, bias inside)."""
     if isinstance(w, Int8Weight):
         assert b is None, "an Int8Weight holds its bias"
         return w(x)
+    if (
+        x.numel() == x.shape[-1]
+        and is_transposed(w)
+        and x.dtype == w.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    ):
+        return bag_linear(x, w, b)
     if (
         USE_ONEDNN
         and x.device.type == "cpu"

@@ -73,7 +73,7 @@ def check_int8(device: torch.device, family: str) -> None:
 def quantize_per_channel(w: Tensor) -> tuple[Tensor, Tensor]:
     """w: [out, in] float -> (q [out, in] int8, scale [out] float32) with |w - q * scale| <= scale / 2."""
     assert w.dim() == 2
-    w = w.float()
+    w = w.float().contiguous()  # float32 CPU weights may be stored transposed (ops.store_transposed)
     scale = (w.abs().amax(dim=1) / QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row
     q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
     return q, scale

@@ -147,3 +147,40 @@ def test_kv_cache_nbytes_matches_the_cache(capacity):
     cache = KVCache(3, 4, 16, capacity, batch=2)
     assert cache.nbytes == kv_cache_nbytes(3, 4, 16, capacity, batch=2)
     assert cache.nbytes >= 2 * 3 * 2 * 4 * 16 * capacity * 4
+
+
+@pytest.mark.skipif(not ops.USE_BAG_GEMV, reason="torch has no fbgemm kernels on this CPU")
+@pytest.mark.parametrize("out", [512, 448, 1000], ids=lambda o: f"out{o}")  # bag rows 256, 224, 250
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_one_row_product_reads_a_transposed_weight_as_rows(monkeypatch, out, bias):
+    g = torch.Generator().manual_seed(out)
+    w, x = torch.randn(out, 96, generator=g), torch.randn(1, 1, 96, generator=g)
+    b = torch.randn(out, generator=g) if bias else None
+    w_t = w.t().contiguous().t()  # what store_transposed makes of it: the same values, stored [in, out]
+    assert ops.is_transposed(w_t) and not ops.is_transposed(w)
+    bags = []
+    real = torch.embedding_bag
+    monkeypatch.setattr(ops.torch, "embedding_bag", lambda *a: bags.append(1) or real(*a))
+    monkeypatch.setattr(ops.F, "linear", None)  # neither F.linear nor oneDNN's kernel may be called
+    monkeypatch.setattr(ops, "USE_ONEDNN", False)
+    with torch.inference_mode():
+        got = ops.linear(x, w_t, b)
+    assert bags and got.shape == (1, 1, out)
+    want = x.double() @ w.double().T + (b.double() if bias else 0)
+    # linear_bound is for two float32 evaluations; one against the exact value is within half of it.
+    assert ((got.double() - want).abs() <= linear_bound(x, w, b) / 2).all()
+
+
+def test_store_transposed_keeps_values_and_tied_weights(tmp_path):
+    from inference.loader import load_model
+    from tests.checkpoints import make_neox_japanese_checkpoint
+
+    lm = load_model(str(make_neox_japanese_checkpoint(tmp_path, n_layer=2, hidden_size=64, n_head=4)))
+    model = lm.model
+    assert model.embed_out.weight is model.embed_in.weight  # tied: shared with the embedding, left as is
+    assert not ops.is_transposed(model.embed_out.weight)
+    qkv = model.layers[0].attention.query_key_value.weight
+    assert ops.is_transposed(qkv) == ops.USE_BAG_GEMV  # the loader stored it for one-row products
+    before = qkv.detach().clone()
+    assert ops.store_transposed(model) == 0 and torch.equal(qkv, before)  # nothing left to move
+    assert ops.bag_row(257) is None and ops.bag_row(7168) == 256 and ops.bag_row(64) == 64
