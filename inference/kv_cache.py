@@ -48,7 +48,7 @@ class KVCache:
         self.k = torch.zeros(k_shape, device=device, dtype=dtype)
         self.v = torch.zeros(v_shape, device=device, dtype=dtype)
         self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views
-        self._bag_key, self._bag_indices = None, None
+        self._bag_key, self._bag_indices, self._key_bags, self._value_rows = None, None, (None, None), None
 
     @property
     def nbytes(self) -> int:
@@ -101,19 +101,26 @@ class KVCache:
         """(indices, offsets) of the rows each bag of ops.bag_attention sums, for T queries over S positions.
 
         Keys: bag (b, h, t, j) sums rows ((b*H + h)*NB + j)*D + d, d < D (block j of n in use); values:
-        bag (b, h, t) rows (b*H + h)*capacity + s, s < S. int32; computed once a step, for every layer.
+        bag (b, h, t) rows (b*H + h)*capacity + s, s < S. int32; computed once a step, for every layer
+        (the keys' only when the number of blocks in use changes).
         """
         if self._bag_key != (T, S):
-            B, H, NB, D, _ = self._layers[0][0].shape
             n, dev, i32 = -(-S // BLOCK), self.k.device, torch.int32
-            bh = torch.arange(B * H, device=dev, dtype=i32)[:, None, None, None]
-            j = torch.arange(n, device=dev, dtype=i32)[:, None]
-            keys = ((bh * NB + j) * D + torch.arange(D, device=dev, dtype=i32)).expand(B * H, T, n, D)
-            values = (bh[..., 0] * self.capacity + torch.arange(S, device=dev, dtype=i32)).expand(B * H, T, S)
-            k_off = torch.arange(0, keys.numel(), D, device=dev, dtype=i32)
+            if self._key_bags[0] != (T, n):
+                B, H, NB, D, _ = self._layers[0][0].shape
+                bh = torch.arange(B * H, device=dev, dtype=i32)[:, None, None, None]
+                j = torch.arange(n, device=dev, dtype=i32)[:, None]
+                keys = ((bh * NB + j) * D + torch.arange(D, device=dev, dtype=i32)).expand(B * H, T, n, D)
+                k_off = torch.arange(0, keys.numel(), D, device=dev, dtype=i32)
+                self._key_bags = ((T, n), (keys.reshape(-1), k_off))
+            if self._value_rows is None:
+                bh_rows = torch.arange(self.v.shape[1] * self.v.shape[2], device=dev, dtype=i32)[:, None]
+                self._value_rows = bh_rows * self.capacity + torch.arange(
+                    self.capacity, device=dev, dtype=i32
+                )
+            values = self._value_rows[:, None, :S].expand(-1, T, S).reshape(-1)  # [B*H*T*S]
             v_off = torch.arange(0, values.numel(), S, device=dev, dtype=i32)
-            self._bag_key = (T, S)
-            self._bag_indices = ((keys.reshape(-1), k_off), (values.reshape(-1), v_off))
+            self._bag_key, self._bag_indices = (T, S), (self._key_bags[1], (values, v_off))
         return self._bag_indices
 
 
