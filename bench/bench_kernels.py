@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_keystroke import gemv_kernels  # noqa: E402 (this folder: the same kernels as the floor's)
+from bench_keystroke import BAG_GEMV, gemv_kernels  # noqa: E402 (this folder: the same kernels as the floor's)
 from bench_machine import best_seconds, describe, loadavg, read_bandwidth  # noqa: E402
 
 from inference import ops, quant  # noqa: E402
@@ -48,7 +48,7 @@ def linear_bandwidths(mats: int = 10) -> dict[str, dict[int, float]]:
     out = {}
     for name, kernel in gemv_kernels().items():
         out[name] = {}
-        for rows in ROWS:
+        for rows in ROWS if name != BAG_GEMV else (1,):  # embedding_bag rows: one-row products only
             x = torch.randn(rows, 1024)
             out[name][rows] = nbytes / best_seconds(lambda x=x, k=kernel: [k(x, w) for w in ws])
     return out
@@ -120,7 +120,8 @@ def precision_kernels(rows: int, out: int = 7168, n: int = 1024) -> dict[str, fl
     w, x = torch.randn(out, n, generator=g), torch.randn(rows, n, generator=g)
     q, scale = quant.quantize_per_channel(w)
     wb, xb = w.bfloat16(), x.bfloat16()
-    cases = {f"float32 {k}": (lambda fn=fn: fn(x, w)) for k, fn in gemv_kernels().items()}
+    kernels = {k: fn for k, fn in gemv_kernels().items() if rows == 1 or k != BAG_GEMV}
+    cases = {f"float32 {k}": (lambda fn=fn: fn(x, w)) for k, fn in kernels.items()}
     if quant.int8_kernel():
         packed = quant.Int8Weight(w)
         cases["int8 fbgemm linear_dynamic"] = lambda: packed(x)

@@ -38,6 +38,7 @@ from inference.weights import WeightSource  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
 TOKENIZER_DIR = ROOT.parent / "shared" / "data" / "codegen-350M-mono-tokenizer"
+BAG_GEMV = "embedding_bag rows"
 SHAPE_350M = dict(
     vocab_size=51200, n_positions=2048, n_embd=1024, n_layer=20, n_head=16, rotary_dim=32, n_inner=None
 )
@@ -134,10 +135,12 @@ def int8_gemv_bandwidth(out: int = 8192, n: int = 4096, mats: int = 8) -> tuple[
 
 
 def gemv_kernels() -> dict:
-    """The matrix-vector kernels this torch build has: its default (MKL) and, where built in, oneDNN's."""
+    """The matrix-vector kernels this torch build has: its default (MKL), oneDNN's and embedding_bag rows."""
     kernels = {"torch F.linear": F.linear}
     if ops.USE_ONEDNN:
         kernels["oneDNN"] = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    if ops.USE_BAG_GEMV:  # the engine's one-row kernel (x @ W^T for W^T stored as rows; one row only)
+        kernels[BAG_GEMV] = lambda x, w: ops.bag_linear(x, w.t(), None)
     return kernels
 
 
