@@ -165,6 +165,18 @@ def bag_sums(rows: Tensor, idx: Tensor, offsets: Tensor, weights: Tensor) -> Ten
     return torch.embedding_bag(rows, idx, offsets, False, 0, False, weights, False, None)[0]
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding that skips its random init on the meta device (the loader fills it next).
+
+    On meta, nn.Embedding's normal_ runs through torch._refs, whose first use imports torch._dynamo and
+    sympy: about a second of every process's first model load, for no data.
+    """
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
     """Causal attention of q [B, H, T, D] at positions start.. over k, v [B, H, S, D] (S = start + T)."""
     T, S = q.shape[2], k.shape[2]
