@@ -171,7 +171,7 @@ def test_one_row_product_reads_a_transposed_weight_as_rows(monkeypatch, out, bia
     assert ((got.double() - want).abs() <= linear_bound(x, w, b) / 2).all()
 
 
-def test_store_transposed_keeps_values_and_tied_weights(tmp_path):
+def test_loader_stores_linear_weights_transposed_except_tied(tmp_path):
     from inference.loader import load_model
     from tests.checkpoints import make_neox_japanese_checkpoint
 
