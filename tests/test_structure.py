@@ -1,12 +1,15 @@
-"""The code's shape: no import cycle among the project's modules."""
+"""The code's shape: no import cycle among the project's modules, no function over 60 lines."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lsp_server", "inference", "tokenizer")
+MAX_FUNCTION_LINES = 60
 
 
 def modules() -> dict[str, Path]:
@@ -84,3 +87,26 @@ def test_the_graph_sees_the_project_imports():
 
 def test_no_import_cycle():
     assert find_cycle(import_graph()) is None
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`file:line name (n lines)` for each function or method longer than `limit` lines."""
+    out = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                n = node.end_lineno - first + 1
+                if n > limit:
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+@pytest.mark.parametrize("limit", [MAX_FUNCTION_LINES])
+def test_functions_are_short(limit):
+    assert long_functions(limit) == []
+
+
+def test_the_length_check_counts_decorators_and_bodies():
+    found = long_functions(20)  # the project has functions over 20 lines: the check must see them
+    assert found and all(int(f.rsplit("(", 1)[1].split()[0]) > 20 for f in found)
