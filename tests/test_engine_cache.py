@@ -345,3 +345,31 @@ def test_cancelled_prefill_keeps_what_it_computed(lm):
     r = engine.generate("doc", ids, GenerationParams(max_new_tokens=6))
     assert r.reused_tokens == 10
     assert r.token_ids == fresh(lm, ids, GenerationParams(max_new_tokens=6)).token_ids
+
+
+def test_stop_patterns_are_compiled_once_and_passed_down(lm, monkeypatch):
+    given = re.compile(r"\n\n\n")
+    params = GenerationParams(max_new_tokens=40, stop_patterns=[given, "^zzz"])
+    assert params.stop_patterns[0] is given  # a compiled pattern passes as it is
+    assert params.stop_patterns[1].pattern == "^zzz" and params.stop_patterns[1].flags & re.MULTILINE
+    ids = lm.tokenizer.encode(BASE)
+    engine = Engine(lm)
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("a stop pattern was compiled again while generating")
+
+    monkeypatch.setattr(re, "compile", no_compile)
+    r = engine.generate("a", ids, params)
+    monkeypatch.undo()
+    assert r.token_ids == fresh(lm, ids, GenerationParams(max_new_tokens=40, stop_patterns=[given])).token_ids
+
+
+def test_stop_reasons_are_plain_strings_in_json(lm):
+    import json
+
+    from inference.rules import StopReason
+
+    r = Engine(lm).generate("a", BASE, GenerationParams(max_new_tokens=2))
+    assert r.stop_reason is StopReason.MAX_TOKENS
+    assert json.dumps({"stopReason": r.stop_reason}) == '{"stopReason": "max_tokens"}'
+    assert f"{r.stop_reason}" == str(r.stop_reason) == "max_tokens"
