@@ -14,11 +14,13 @@ from inference.rules import StopReason, prompt_limit
 
 log = logging.getLogger(__name__)
 
-# Tokens per prefill forward, for a request's prefill and a prefill ahead of one (prefill on open) alike.
-# A prefill stops between chunks when it is cancelled or superseded, so a newer keystroke's request waits at
-# most one chunk's forward; 128 rows still keep the matmuls efficient, and bound the attention scores'
-# memory ([H, 128, T] per layer).
-PREFILL_CHUNK = 128
+# Tokens per prefill forward, for a request's prefill and a prefill ahead of one (prefill on open) alike. A
+# prefill stops between chunks when it is cancelled or superseded, so a newer keystroke's request waits at
+# most one chunk's forward; larger chunks prefill faster. Measured on the 350M shape, 2 cores, a cold
+# 1007-token prompt (docs/PERFORMANCE.md, issue 16): int8 1297 / 1129 / 1148 ms and float32 4788 / 3862 /
+# 3618 ms with chunks of 128 / 256 / 512; 256 keeps int8's speed and halves 512's wait. It also bounds the
+# attention scores' memory ([H, 256, T] per layer).
+PREFILL_CHUNK = 256
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
