@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from inference.config import CodeGenConfig
 from inference.kv_cache import KVCache, first_position
-from inference.ops import Linear, attention, linear
+from inference.ops import Embedding, Linear, attention, linear
 
 MP_NUM = 4  # CodeGen's qkv_proj output is laid out for 4 model-parallel shards
 
@@ -116,11 +116,13 @@ class CodeGen(nn.Module):
     def __init__(self, config: CodeGenConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=True)
-        self.init_buffers()
+        # on the meta device (the loader's), tables computed there would cost torch._refs' first-use import
+        # of torch._dynamo (about a second); the loader recomputes them on the model's device anyway
+        self.init_buffers("cpu" if torch.get_default_device().type == "meta" else None)
 
     def init_buffers(self, device=None) -> None:
         """(Re)compute the non-learned rotary table on `device`."""

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from inference.config import ModelConfig
 from inference.errors import ModelLoadError
 from inference.kv_cache import KVCache, first_position
-from inference.ops import Linear, attention
+from inference.ops import Embedding, Linear, attention
 
 
 @dataclass
@@ -159,13 +159,15 @@ class NeoXJapanese(nn.Module):
         super().__init__()
         self.config = config
         L = config.n_layer
-        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_in = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Layer(config, last=i == L - 1) for i in range(L))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         # Always a parameter: the loader fills it from embed_out.weight, or from embed_in when the checkpoint
         # is tied and does not store it; prepare_for_inference() then shares the storage again.
         self.embed_out = Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.init_buffers()
+        # on the meta device (the loader's), tables computed there would cost torch._refs' first-use import
+        # of torch._dynamo (about a second); the loader recomputes them on the model's device anyway
+        self.init_buffers("cpu" if torch.get_default_device().type == "meta" else None)
 
     def init_buffers(self, device=None) -> None:
         """(Re)compute the non-learned rotary tables on `device`."""

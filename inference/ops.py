@@ -47,6 +47,18 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding that skips its random init on the meta device (the loader fills it next).
+
+    On meta, nn.Embedding's normal_ runs through torch._refs, whose first use imports torch._dynamo and
+    sympy: about a second of every process's first model load, for no data.
+    """
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
     """Causal attention of q [B, H, T, D] at positions start.. over k, v [B, H, S, D] (S = start + T)."""
     T, S = q.shape[2], k.shape[2]

@@ -234,3 +234,28 @@ def test_hub_id_resolved_from_the_local_cache(empty_hub, layouts, reference_logi
 def test_looks_like_path():
     assert hub.looks_like_path("./models/x") and hub.looks_like_path("/abs") and hub.looks_like_path("~/m")
     assert not hub.looks_like_path("Salesforce/codegen-350M-mono")
+
+
+@pytest.mark.parametrize("family", ["codegen", "gpt_neox_japanese"])
+def test_loading_builds_on_meta_without_torch_dynamo(family, layouts, tmp_path):
+    """Building a model on the meta device must not run torch._refs (whose first use imports torch._dynamo
+    and sympy: about a second of every process's first load, for no data)."""
+    import subprocess
+    import sys
+
+    if family == "codegen":
+        path = layouts["safetensors"]
+    else:
+        from tests.checkpoints import make_neox_japanese_checkpoint
+
+        path = make_neox_japanese_checkpoint(tmp_path / "ja")
+    code = (
+        "import sys; from inference.loader import load_model; "
+        f"load_model({str(path)!r}, device='cpu', dtype='float32'); "
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
