@@ -11,9 +11,10 @@ from enum import Enum
 
 from inference.rules import StopReason, prompt_limit
 from lsp_server import postprocess
-from lsp_server.documents import Document
+from lsp_server.documents import Document, newline_of
 from lsp_server.models import ModelUnavailable
 from lsp_server.prefetch import Prefetcher
+from lsp_server.prefill import PrefillOnOpen
 from lsp_server.progress import show
 from lsp_server.prompt import PromptWindow, prompt_ids
 from lsp_server.scheduler import Superseded
@@ -23,11 +24,6 @@ log = logging.getLogger(__name__)
 # Request kinds; each has its own superseding chain, so a list completion and an inline completion for
 # the same keystroke do not cancel each other (they run one after the other on the one worker).
 KINDS = ("inline", "list")
-
-# The worker key of prefill-on-open jobs: one at a time (the newest document wins), and any completion
-# request stops a running one at its next chunk (inference.session.PREFILL_CHUNK tokens; what it computed
-# stays in the document's cache).
-PREFILL_KEY = ("__prefill_on_open__",)
 
 
 class EmptyReason(str, Enum):
@@ -145,9 +141,9 @@ class Completer:
         self.windows: dict[str, PromptWindow] = {}
         self.suggestions: dict[str, Suggestion] = {}
         self.stats = Stats()
-        self.prefilling: str | None = None  # the document of the latest prefill-on-open job
         self.outages_told: dict[int, int] = {}  # id(remote engine) -> its outages the user was told of
         self.prefetch = Prefetcher(self)  # the completion after the last suggestion, computed ahead
+        self.prefill = PrefillOnOpen(self)  # a just-opened document's cache, computed ahead
 
     def forget(self, uri: str | None = None) -> None:
         """Drop per-document state (one document, or all)."""
@@ -244,7 +240,7 @@ class Completer:
         stops = self.stops_for(req.doc.language_id, req.before)
         generate = self.generator(req.doc.uri, entry, req.before, stops)
         self.stats.model_calls += 1
-        self.server.worker.supersede(PREFILL_KEY)  # a request goes before any prefill-on-open
+        self.prefill.supersede()  # a request goes before any prefill-on-open
         self.prefetch.stop()  # ... and before any prefetch
         delay = self.server.settings.debounce_ms / 1000 if req.automatic else 0.0  # explicit: no debounce
         try:
@@ -339,45 +335,6 @@ class Completer:
         ids, self.windows[uri] = prompt_ids(before, entry.loaded.tokenizer, limit, self.windows.get(uri))
         return ids
 
-    async def prefill_on_open(self, doc: Document) -> None:
-        """Prefill a just-opened document (as if the cursor were at its end) with the model already serving
-        its language, so that the first completion there reuses the cache instead of a cold prefill."""
-        entry = await self.server.models.ready_for(doc.language_id)
-        text = doc.text
-        if entry is None or not text.strip() or self.server.documents.find(doc.uri) is not doc:
-            return
-        uri, before = doc.uri, text.replace("\r\n", "\n") if newline_of(text) != "\n" else text
-        limit, _ = self.budget(entry)
-
-        def run(should_cancel) -> dict | None:
-            if not entry.engine.pool.has_room_for(uri):
-                return None  # never evict the cache of a document being edited for one just opened
-            t0 = time.perf_counter()
-            ids = self.prompt_ids(uri, entry, before, limit)
-            done = entry.engine.session(uri).prefill(ids, should_cancel)
-            ms = round((time.perf_counter() - t0) * 1000, 2)
-            return {"uri": uri, "promptTokens": len(ids), "prefillTokens": done, "ms": ms}
-
-        self.prefilling = uri
-        try:
-            info = await self.server.worker.submit(PREFILL_KEY, run)
-        except (Superseded, asyncio.CancelledError):
-            return
-        except Exception:
-            log.exception("prefill on open failed for %s", uri)
-            return
-        if info is None:
-            log.debug("no prefill on open for %s: the KV-cache budget is in use", uri)
-            return
-        self.stats.prefills += 1
-        self.stats.last_prefill = info
-        log.debug("prefilled %s on open: %s", uri, info)
-
-    def stop_prefill(self, uri: str) -> None:
-        """Stop the prefill-on-open of `uri` (the document was closed)."""
-        if self.prefilling == uri:
-            self.server.worker.supersede(PREFILL_KEY)
-
     def typed_through(self, uri: str, before: str) -> str | None:
         """The rest of the last suggestion when the text typed since then is its start."""
         s = self.suggestions.get(uri)
@@ -426,8 +383,3 @@ class Completer:
         if result.stop_reason == StopReason.STOP_PATTERN and not result.text.strip():
             return EmptyReason.STOP_AT_ONCE
         return EmptyReason.BLANK
-
-
-def newline_of(text: str) -> str:
-    """The document's line break: CRLF when its first line ends with one, else LF."""
-    return "\r\n" if "\r\n" in text[: text.find("\n") + 1 or len(text)] else "\n"
