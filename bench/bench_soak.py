@@ -106,7 +106,7 @@ class Typist:
 
 
 async def cache_bytes(raw: RawServer) -> int:
-    return sum(m["engine"]["cache_bytes"] for m in (await raw.status())["models"])
+    return sum(m["engine"]["cacheBytes"] for m in (await raw.status())["models"])
 
 
 async def soak(args) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from inference.generate import GenerationParams, GenerationResult
 from inference.kv_cache import CachePool, KVCache, kv_cache_nbytes
 from inference.loader import LoadedModel
+from inference.rules import prompt_limit
 from inference.session import Session
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,16 @@ class Engine:
         """The session for `key`, created when new."""
         with self._lock:
             if key not in self.sessions:
-                self.sessions[key] = Session(key, self.loaded, self.pool, self._lock)
+                self.sessions[key] = Session(key, self.loaded, self.pool, self._lock, self.capacity)
                 while len(self.sessions) > MAX_SESSIONS:
                     old_key, _ = self.sessions.popitem(last=False)
                     self.pool.drop(old_key)
             self.sessions.move_to_end(key)
             return self.sessions[key]
+
+    def prompt_limit(self, max_new_tokens: int) -> int:
+        """Most prompt tokens a session takes with `max_new_tokens` to generate (more are refused)."""
+        return prompt_limit(self.capacity, max_new_tokens)
 
     def generate(
         self,
@@ -58,8 +63,9 @@ class Engine:
         params: GenerationParams | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        """Shorthand for engine.session(key).generate(...)."""
-        return self.session(key).generate(prompt, params, should_cancel)
+        """Shorthand for engine.session(key).generate(...); a text is encoded whole (never cut)."""
+        ids = self.loaded.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        return self.session(key).generate(ids, params, should_cancel)
 
     def drop_session(self, key: Hashable) -> None:
         """Forget a session and free its cache (e.g. the document was closed)."""

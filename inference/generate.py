@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from inference.kv_cache import KVCache
+from inference.rules import StopReason, compile_stops, first_match
 from inference.sampling import sample
 
 
@@ -22,7 +23,8 @@ class GenerationParams:
     temperature: float = 0.0  # 0 -> greedy
     top_p: float = 1.0
     seed: int | None = None
-    stop_patterns: Sequence[str] = ()  # regexes (re.MULTILINE) searched in the generated text
+    # regexes (re.MULTILINE) searched in the generated text; compiled here once (compile_stops)
+    stop_patterns: Sequence[str | re.Pattern] = ()
     max_latency_ms: float = 0.0  # 0 = none; once spent (prefill + decode), stop at the next line end
 
     def __post_init__(self):
@@ -34,11 +36,7 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not self.max_latency_ms >= 0:
             raise ValueError(f"max_latency_ms must be >= 0, got {self.max_latency_ms}")
-        for p in self.stop_patterns:
-            try:
-                re.compile(p, re.MULTILINE)
-            except re.error as exc:
-                raise ValueError(f"bad stop pattern {p!r}: {exc}") from exc
+        self.stop_patterns = compile_stops(self.stop_patterns)
 
 
 @dataclass
@@ -47,7 +45,7 @@ class GenerationResult:
 
     text: str
     token_ids: list[int]
-    stop_reason: str  # "eos" | "stop_pattern" | "max_tokens" | "cancelled" | "context_full" | "time_budget"
+    stop_reason: StopReason
     prompt_tokens: int = 0
     reused_tokens: int = 0
     prefill_tokens: int = 0
@@ -55,14 +53,7 @@ class GenerationResult:
     decode_ms: float = 0.0
     total_ms: float = 0.0
     decode_steps: int = 0  # forward passes after the prefill
-    truncated: bool = False  # the prompt was cut from the left to fit the window
     extra: dict = field(default_factory=dict)  # e.g. prefill_cpu_ms / decode_cpu_ms (process CPU time)
-
-
-def first_match(text: str, patterns: Sequence[re.Pattern]) -> int:
-    """Start of the earliest match of any pattern in text, or -1."""
-    starts = [m.start() for m in (p.search(text) for p in patterns) if m]
-    return min(starts) if starts else -1
 
 
 def line_end_after(text: str, since: int) -> int:
@@ -71,6 +62,42 @@ def line_end_after(text: str, since: int) -> int:
     while nl >= 0 and not text[:nl].strip():
         nl = text.find("\n", nl + 1)  # a blank first line is not worth showing
     return nl
+
+
+@dataclass
+class StopText:
+    """The generated text, cut where it must end: the first stop-pattern match, or after `deadline` (a
+    `clock()` reading) the next line end."""
+
+    patterns: Sequence[re.Pattern]
+    deadline: float | None = None
+    clock: Callable[[], float] = time.perf_counter
+    text: str = ""
+    spent_at: int | None = None  # len(text) when the time budget ran out
+
+    def add(self, piece: str) -> StopReason | None:
+        """Append a decoded piece: the reason to stop now (the text is cut), or None."""
+        self.text += piece
+        cut = first_match(self.text, self.patterns)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            return StopReason.STOP_PATTERN
+        if self.spent_at is None and self.deadline is not None and self.clock() >= self.deadline:
+            self.spent_at = len(self.text) - len(piece)
+        end = line_end_after(self.text, self.spent_at) if self.spent_at is not None else -1
+        if end >= 0:
+            self.text = self.text[:end]
+            return StopReason.TIME_BUDGET
+        return None
+
+    def finish(self, rest: str) -> StopReason | None:
+        """Append the decoder's last piece: STOP_PATTERN when a pattern then matches (the text is cut)."""
+        self.text += rest
+        cut = first_match(self.text, self.patterns)
+        if cut < 0:
+            return None
+        self.text = self.text[:cut]
+        return StopReason.STOP_PATTERN
 
 
 def decode_loop(
@@ -84,12 +111,12 @@ def decode_loop(
     should_cancel: Callable[[], bool] | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[str, list[int], list[int], str, int]:
+) -> tuple[str, list[int], list[int], StopReason, int]:
     """From the prefill's last logits [V], `pos` = next free slot: text, ids, fed ids, reason, steps.
 
-    After `deadline` (a `clock()` reading), the text ends at the next line end (reason "time_budget").
+    After `deadline` (a `clock()` reading), the text ends at the next line end (reason TIME_BUDGET).
     """
-    patterns = [re.compile(p, re.MULTILINE) for p in params.stop_patterns]
+    out = StopText(params.stop_patterns, deadline, clock)  # compiled once, in GenerationParams
     generator = None
     if params.temperature > 0:
         generator = torch.Generator(device=logits.device)
@@ -97,43 +124,31 @@ def decode_loop(
     decoder = tokenizer.incremental_decoder()
     idx = torch.empty(1, 1, dtype=torch.long, device=logits.device)  # reused every step
     positions = torch.arange(cache.capacity, device=logits.device)
-    text, ids, fed, steps = "", [], [], 0
-    reason, spent_at = "max_tokens", None  # spent_at: len(text) when the time budget ran out
+    ids, fed, steps = [], [], 0
+    reason = StopReason.MAX_TOKENS
     while True:
         if should_cancel is not None and should_cancel():
-            reason = "cancelled"
+            reason = StopReason.CANCELLED
             break
         tok = sample(logits, params.temperature, params.top_p, generator)
         ids.append(tok)
         if tok == eos_token_id:
-            reason = "eos"
+            reason = StopReason.EOS
             break
         piece = decoder.push(tok)
-        if piece:
-            text += piece
-            cut = first_match(text, patterns)
-            if cut >= 0:
-                text, reason = text[:cut], "stop_pattern"
-                break
-            if spent_at is None and deadline is not None and clock() >= deadline:
-                spent_at = len(text) - len(piece)
-            end = line_end_after(text, spent_at) if spent_at is not None else -1
-            if end >= 0:
-                text, reason = text[:end], "time_budget"
-                break
+        if piece and (stop := out.add(piece)):
+            reason = stop
+            break
         if len(ids) >= params.max_new_tokens:
             break
         if pos >= cache.capacity:
-            reason = "context_full"
+            reason = StopReason.CONTEXT_FULL
             break
         idx[0, 0] = tok
         logits = model(idx, positions[pos : pos + 1], cache)[0, -1]
         fed.append(tok)
         pos += 1
         steps += 1
-    if reason != "stop_pattern":
-        text += decoder.flush()
-        cut = first_match(text, patterns)
-        if cut >= 0:
-            text, reason = text[:cut], "stop_pattern"
-    return text, ids, fed, reason, steps
+    if reason != StopReason.STOP_PATTERN:
+        reason = out.finish(decoder.flush()) or reason
+    return out.text, ids, fed, reason, steps

@@ -10,10 +10,17 @@ import torch
 
 from inference.generate import GenerationParams, GenerationResult, decode_loop
 from inference.kv_cache import CachePool
+from inference.rules import StopReason, prompt_limit
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 512  # tokens per prefill forward: bounds the attention scores' memory
+# Tokens per prefill forward, for a request's prefill and a prefill ahead of one (prefill on open) alike. A
+# prefill stops between chunks when it is cancelled or superseded, so a newer keystroke's request waits at
+# most one chunk's forward; larger chunks prefill faster. Measured on the 350M shape, 2 cores, a cold
+# 1007-token prompt (docs/PERFORMANCE.md, issue 16): int8 1297 / 1129 / 1148 ms and float32 4788 / 3862 /
+# 3618 ms with chunks of 128 / 256 / 512; 256 keeps int8's speed and halves 512's wait. It also bounds the
+# attention scores' memory ([H, 256, T] per layer).
+PREFILL_CHUNK = 256
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -25,32 +32,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def fit_prompt(text: str, tokenizer, limit: int) -> tuple[list[int], bool]:
-    """Encode text; if it has more than `limit` tokens, drop whole lines from the left until it fits."""
-    assert limit >= 1
-    ids = tokenizer.encode(text)
-    if len(ids) <= limit:
-        return ids, False
-    lines = text.splitlines(keepends=True)
-    lo, hi = 1, len(lines) - 1  # drop lines[:k]; find the smallest k that fits
-    best = None
-    while lo <= hi:
-        k = (lo + hi) // 2
-        cand = tokenizer.encode("".join(lines[k:]))
-        if len(cand) <= limit:
-            best, hi = cand, k - 1
-        else:
-            lo = k + 1
-    if best is None:  # even the last line alone is too long: cut tokens
-        best = tokenizer.encode(lines[-1])[-limit:] if lines else []
-    return best, True
-
-
 class Session:
     """Token ids whose K/V are in this session's cache (prompt + generated), keyed in the engine's pool."""
 
-    def __init__(self, key: Hashable, loaded, pool: CachePool, lock=None):
+    def __init__(self, key: Hashable, loaded, pool: CachePool, lock=None, capacity: int | None = None):
         self.key = key
+        self.capacity = capacity or loaded.config.n_positions  # positions of this session's window
         self.loaded = loaded
         self.pool = pool
         self.ids: list[int] = []  # ids whose K/V are valid in the cache, positions 0..len-1
@@ -62,24 +49,44 @@ class Session:
 
     def generate(
         self,
-        prompt: str | list[int],
+        prompt: Sequence[int],
         params: GenerationParams | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
-        """Complete `prompt`, reusing the cached prefix; the cache then holds prompt + generated ids."""
+        """Complete the token ids `prompt`, reusing the cached prefix; the cache then holds prompt + generated
+        ids. A prompt over prompt_limit() tokens is refused (ValueError): the caller cuts it (one cutter,
+        lsp_server/prompt.py), the engine never cuts a second way."""
         params = params or GenerationParams()
+        self.check(prompt, params)
         if self._lock is None:
             return self._generate(prompt, params, should_cancel)
         with self._lock:
             return self._generate(prompt, params, should_cancel)
+
+    def check(self, prompt: Sequence[int], params: GenerationParams) -> None:
+        """ValueError unless `prompt` is token ids of this vocabulary within prompt_limit() tokens."""
+        if isinstance(prompt, str):
+            raise TypeError("Session.generate takes token ids; encode (and cut) the text first")
+        vocab = self.loaded.config.vocab_size
+        if any(not 0 <= i < vocab for i in prompt):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        limit = prompt_limit(self.capacity, params.max_new_tokens)
+        if len(prompt) > limit:
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens; a {self.capacity}-token window with "
+                f"max_new_tokens={params.max_new_tokens} takes at most {limit}: cut it first"
+            )
 
     def prefill(
         self, prompt: list[int], should_cancel: Callable[[], bool] | None = None, chunk: int = PREFILL_CHUNK
     ) -> int:
         """Put `prompt`'s K/V in the cache ahead of a request (no logits, no generation): tokens computed.
 
-        Stops between chunks when `should_cancel()` turns true; what was computed stays reusable.
+        Stops between chunks when `should_cancel()` turns true; what was computed stays reusable. A prompt
+        longer than the window is refused (ValueError), like generate()'s.
         """
+        if len(prompt) > self.capacity:
+            raise ValueError(f"the prompt has {len(prompt)} tokens; the window has {self.capacity}")
         if self._lock is None:
             return self._prefill_only(prompt, should_cancel, chunk)
         with self._lock:
@@ -90,7 +97,7 @@ class Session:
         cache, fresh = self.pool.acquire(self.key)
         if fresh:
             self.ids = []
-        ids = list(prompt)[-cache.capacity :]
+        ids = list(prompt)
         reuse = common_prefix(self.ids, ids)
         self._run_prefill(cache, ids, reuse, should_cancel, chunk)
         return len(self.ids) - reuse
@@ -117,26 +124,14 @@ class Session:
         cache, fresh = self.pool.acquire(self.key)
         if fresh:
             self.ids = []
-        # room for the completion, but never less than half the window for the prompt (then: context_full)
-        limit = max(1, cache.capacity - min(params.max_new_tokens, cache.capacity // 2))
-        if isinstance(prompt, str):
-            ids, truncated = fit_prompt(prompt, tok, limit)
-        else:
-            vocab = self.loaded.config.vocab_size
-            if any(not 0 <= i < vocab for i in prompt):
-                raise ValueError(f"prompt token ids must be in [0, {vocab})")
-            ids, truncated = list(prompt)[-limit:], len(prompt) > limit
-        if truncated:
-            log.info(
-                "prompt cut from the left to %d tokens to fit the %d-token window", len(ids), cache.capacity
-            )
+        ids = list(prompt)
         if not ids:  # an empty prompt starts from the beginning-of-text token
             bos = self.loaded.config.bos_token_id
             ids = [bos if bos is not None else tok.eos_token_id]
         reuse = min(common_prefix(self.ids, ids), len(ids) - 1)
         logits = self._run_prefill(cache, ids, reuse, should_cancel, PREFILL_CHUNK)
         if logits is None:
-            return self._result("", [], "cancelled", ids, reuse, t0, t0, truncated, 0)
+            return self._result("", [], StopReason.CANCELLED, ids, reuse, t0, t0, 0)
         t1, c1 = time.perf_counter(), time.process_time()
         deadline = t0 + params.max_latency_ms / 1e3 if params.max_latency_ms > 0 else None
         text, gen, fed, reason, steps = decode_loop(
@@ -151,14 +146,12 @@ class Session:
             deadline,
         )
         self.ids = ids + fed
-        result = self._result(text, gen, reason, ids, reuse, t0, t1, truncated, steps)
-        c2 = (
-            time.process_time()
-        )  # CPU time of the whole process: meaningful where other processes share the CPU
+        result = self._result(text, gen, reason, ids, reuse, t0, t1, steps)
+        c2 = time.process_time()  # CPU time of the whole process: meaningful where others share the CPU
         result.extra.update(prefill_cpu_ms=(c1 - c0) * 1e3, decode_cpu_ms=(c2 - c1) * 1e3)
         return result
 
-    def _result(self, text, gen, reason, ids, reuse, t0, t1, truncated, steps) -> GenerationResult:
+    def _result(self, text, gen, reason, ids, reuse, t0, t1, steps) -> GenerationResult:
         t2 = time.perf_counter()
         return GenerationResult(
             text=text,
@@ -171,5 +164,4 @@ class Session:
             decode_ms=(t2 - t1) * 1e3,
             total_ms=(t2 - t0) * 1e3,
             decode_steps=steps,
-            truncated=truncated,
         )

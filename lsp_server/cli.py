@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -20,13 +21,24 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the three subcommands."""
+    """The argument parser with the four subcommands."""
     p = argparse.ArgumentParser(
         prog="codegen-lsp", description="AI code completion from local CodeGen models."
     )
     sub = p.add_subparsers(dest="command", required=True)
+    add_complete(sub.add_parser("complete", help="print the completion at a position of a file"))
+    s = sub.add_parser("serve", help="run the language server (stdio by default)")
+    s.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=2087)
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    add_synthesize(sub.add_parser("synthesize", help="multi-turn program synthesis: one comment per turn"))
+    add_export(sub.add_parser("export", help="write a CodeGen checkpoint as GPT-J (what vLLM serves)"))
+    return p
 
-    c = sub.add_parser("complete", help="print the completion at a position of a file")
+
+def add_complete(c: argparse.ArgumentParser) -> None:
+    """The options of `complete`."""
     c.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, hub id or 'builtin'")
     c.add_argument("--file", required=True, help="source file; the text before the position is the prompt")
     c.add_argument("--line", type=int, default=None, help="0-based line (default: end of file)")
@@ -58,13 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tokenizer of the served model (default: codegen-350M-mono's)",
     )
 
-    s = sub.add_parser("serve", help="run the language server (stdio by default)")
-    s.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=2087)
-    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
-    y = sub.add_parser("synthesize", help="multi-turn program synthesis: one comment per turn")
+def add_synthesize(y: argparse.ArgumentParser) -> None:
+    """The options of `synthesize`."""
     y.add_argument("--model", default=DEFAULT_MODEL)
     y.add_argument("--device", default="cpu")
     y.add_argument("--dtype", default="float32")
@@ -76,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     y.add_argument("turns", nargs="+", help="one instruction per turn")
 
-    e = sub.add_parser("export", help="write a CodeGen checkpoint as GPT-J (what vLLM serves)")
+
+def add_export(e: argparse.ArgumentParser) -> None:
+    """The options of `export`."""
     e.add_argument("--format", choices=("gptj",), default="gptj", help="output architecture (gptj)")
     e.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="default: as stored"
@@ -85,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     e.add_argument("src", help="CodeGen checkpoint directory or hub id")
     e.add_argument("dst", help="new (or empty) output directory")
-    return p
 
 
 def parse_size(text: str) -> int:
@@ -135,7 +144,7 @@ def text_before(text: str, line: int | None, character: int | None) -> str:
     return text[: offset + character]
 
 
-def stop_patterns(path: Path, prompt: str, language: str | None, mode: str | None) -> list[str]:
+def stop_patterns(path: Path, prompt: str, language: str | None, mode: str | None) -> tuple[re.Pattern, ...]:
     """The server's stop patterns for this file's language, mode and cursor line (the same trimming)."""
     from lsp_server import postprocess
     from lsp_server.settings import Settings
@@ -147,22 +156,15 @@ def stop_patterns(path: Path, prompt: str, language: str | None, mode: str | Non
 
 def complete(args: argparse.Namespace) -> int:
     """`codegen-lsp complete`: print the completion for the text before the position."""
-    from inference.engine import Engine
     from inference.errors import ModelLoadError
     from inference.generate import GenerationParams
-    from inference.loader import load_model
-    from lsp_server.postprocess import trim
+    from inference.rules import StopReason
+    from lsp_server.prompt import prompt_ids
 
     try:
         path = Path(args.file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CliError(f"no such file: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CliError(f"cannot read {path}: {exc}") from exc
-        prompt = text_before(text, args.line, args.character)
-        stops = () if args.raw else stop_patterns(path, prompt, args.language, args.mode)
+        before = text_before(read_source(path), args.line, args.character)
+        stops = () if args.raw else stop_patterns(path, before, args.language, args.mode)
         params = GenerationParams(
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
@@ -171,35 +173,51 @@ def complete(args: argparse.Namespace) -> int:
             stop_patterns=stops,
             max_latency_ms=args.max_latency_ms,
         )
-        if args.remote_url or args.remote_model:
-            engine = remote_engine(args)
-        else:
-            loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-            if loaded.notice:
-                print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
-            if loaded.why:
-                print(f"codegen-lsp: running in {loaded.precision}: {loaded.why}", file=sys.stderr)
-            engine = Engine(loaded, max_context=None)
+        engine = remote_engine(args) if args.remote_url or args.remote_model else local_engine(args)
     except (CliError, ModelLoadError, ValueError) as exc:
         print(f"codegen-lsp complete: error: {exc}", file=sys.stderr)
         return 2
-    result = engine.generate("cli", prompt, params)
-    if result.stop_reason == "remote_unavailable":
+    # the server's one prompt cutter, with the engine's limit (a long file keeps its last lines)
+    ids, window = prompt_ids(before, engine.loaded.tokenizer, engine.prompt_limit(params.max_new_tokens))
+    result = engine.session("cli").generate(ids, params)
+    if result.stop_reason == StopReason.REMOTE_UNAVAILABLE:
         print(f"codegen-lsp complete: remote_unavailable: {result.extra['remote_error']}", file=sys.stderr)
         return 1
-    out = result.text if args.raw else trim(result.text, stops)
     log.info(
         "%d prompt tokens%s, %d generated (%s), prefill %.0f ms, decode %.0f ms",
         result.prompt_tokens,
-        " (cut from the left)" if result.truncated else "",
+        " (cut from the left)" if window.start > 0 else "",
         len(result.token_ids),
         result.stop_reason,
         result.prefill_ms,
         result.decode_ms,
     )
-    sys.stdout.write(out)
+    sys.stdout.write(result.text if args.raw else result.text.rstrip())  # the engine cut at the stops
     sys.stdout.flush()
     return 0
+
+
+def read_source(path: Path) -> str:
+    """The file's text, or a CliError saying why not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from exc
+
+
+def local_engine(args: argparse.Namespace):
+    """The local engine of `complete --model M` (its notices on stderr)."""
+    from inference.engine import Engine
+    from inference.loader import load_model
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    if loaded.notice:
+        print(f"codegen-lsp: {loaded.notice}", file=sys.stderr)
+    if loaded.why:
+        print(f"codegen-lsp: running in {loaded.precision}: {loaded.why}", file=sys.stderr)
+    return Engine(loaded, max_context=None)
 
 
 def remote_engine(args: argparse.Namespace):

@@ -7,7 +7,7 @@ import ctypes
 import dataclasses
 import logging
 
-from lsp_server.settings import as_camel_dict
+from lsp_server.settings import as_camel_dict, camel_keys
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ async def status(server, args: list) -> dict:
         "settings": as_camel_dict(server.settings),
         "models": server.models.status(),
         "modelFailures": {k[0]: v for k, v in server.models.failures.items()},
-        "worker": dataclasses.asdict(server.worker.stats),
+        "worker": camel_keys(dataclasses.asdict(server.worker.stats)),
         "completions": {
             "requests": comp.requests,
             "modelCalls": comp.model_calls,

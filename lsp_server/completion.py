@@ -1,4 +1,4 @@
-"""One completion request: typed-through cache, prompt, engine call on the worker, trimming, empty reasons."""
+"""One completion request: typed-through cache, prefetch, prompt, engine call on the worker, empty reasons."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
+from inference.rules import StopReason, prompt_limit
 from lsp_server import postprocess
-from lsp_server.documents import Document
+from lsp_server.documents import Document, newline_of
 from lsp_server.models import ModelUnavailable
 from lsp_server.prefetch import Prefetcher
+from lsp_server.prefill import PrefillOnOpen
 from lsp_server.progress import show
-from lsp_server.prompt import PromptWindow, cut_prompt
+from lsp_server.prompt import PromptWindow, prompt_ids
 from lsp_server.scheduler import Superseded
 
 log = logging.getLogger(__name__)
@@ -22,25 +25,28 @@ log = logging.getLogger(__name__)
 # the same keystroke do not cancel each other (they run one after the other on the one worker).
 KINDS = ("inline", "list")
 
-# The worker key of prefill-on-open jobs: one at a time (the newest document wins), and any completion
-# request stops a running one at its next chunk (what it computed stays in the document's cache).
-PREFILL_KEY = ("__prefill_on_open__",)
-PREFILL_CHUNK = 128  # tokens per forward of a prefill-on-open job: how long a request may wait for it
 
-# Why an answer is empty (shown by codegen.status).
-SUPERSEDED = "superseded"  # a newer request for the same document replaced it
-CANCELLED = "cancelled"  # the client sent $/cancelRequest
-MID_WORD = "mid_word"  # automatic trigger with a word character right after the cursor
-AT_DOCUMENT_START = "at_document_start"  # nothing before the cursor to continue
-STOP_AT_ONCE = "stop_pattern_at_once"  # the first generated text matched a stop pattern / the scope limit
-EOS_AT_ONCE = "eos_at_once"  # the model ended the text at once
-BLANK = "blank"  # only white space was generated
-SUFFIX_ONLY = "suffix_only"  # the completion only repeated the text after the cursor
-CONTEXT_FULL = "context_full"  # no room left in the model's window
-MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
-REMOTE_UNAVAILABLE = "remote_unavailable"  # the remote server did not answer (codegen.status: why)
-ERROR = "error"  # an unexpected error (logged with its traceback)
-DOCUMENT_CHANGED = "document_changed"  # the document was edited or closed while the answer was computed
+class EmptyReason(str, Enum):
+    """Why an answer is empty (codegen.status shows the plain string)."""
+
+    __str__ = str.__str__
+
+    SUPERSEDED = "superseded"  # a newer request for the same document replaced it
+    CANCELLED = "cancelled"  # the client sent $/cancelRequest
+    MID_WORD = "mid_word"  # automatic trigger with a word character right after the cursor
+    AT_DOCUMENT_START = "at_document_start"  # nothing before the cursor to continue
+    STOP_AT_ONCE = "stop_pattern_at_once"  # the first generated text matched a stop pattern / the scope limit
+    EOS_AT_ONCE = "eos_at_once"  # the model ended the text at once
+    BLANK = "blank"  # only white space was generated
+    SUFFIX_ONLY = "suffix_only"  # the completion only repeated the text after the cursor
+    CONTEXT_FULL = "context_full"  # no room left in the model's window
+    MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
+    REMOTE_UNAVAILABLE = "remote_unavailable"  # the remote server did not answer (codegen.status: why)
+    ERROR = "error"  # an unexpected error (logged with its traceback)
+    DOCUMENT_CHANGED = "document_changed"  # the document was edited or closed while the answer was computed
+
+
+ROUTINE = (EmptyReason.SUPERSEDED, EmptyReason.CANCELLED, EmptyReason.MID_WORD)  # logged at debug level
 
 
 @dataclass
@@ -50,9 +56,52 @@ class Outcome:
     text: str = ""
     start: int = 0
     end: int = 0
-    reason: str | None = None
+    reason: EmptyReason | None = None
     source: str = "model"  # "model" | "typed_through" | "prefetched"
     latency_ms: float = 0.0
+
+
+@dataclass
+class Request:
+    """One completion request: where the answer goes and what the model continues."""
+
+    doc: Document
+    kind: str  # one of KINDS
+    automatic: bool
+    start: int  # the answer's range in the document
+    end: int
+    lead: str | None  # the selected completion item's text, continued as if accepted
+    before: str  # the text the model continues (LF line breaks)
+    line_suffix: str  # the text after the answer's range on its line
+    newline: str  # the document's line break
+    t0: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def at(cls, doc: Document, offset: int, automatic: bool, selected, kind: str) -> Request:
+        """The request at `offset`; `selected` = (start, end, text) of the selected completion item."""
+        text = doc.text
+        eol = offset
+        while eol < len(text) and text[eol] not in "\r\n":
+            eol += 1
+        line_suffix = text[offset:eol]
+        start, end, lead, before = offset, offset, None, text[:offset]
+        if selected is not None:  # continue as if the selected item were accepted; answer over its range
+            start, end, lead = selected
+            end = max(end, start)
+            before = text[:start] + lead
+            line_suffix = text[max(end, offset) : eol]
+        # The model sees "\n" line breaks; the inserted text gets the document's own (CRLF stays CRLF).
+        newline = newline_of(text)
+        if newline != "\n":
+            before = before.replace("\r\n", "\n")
+        return cls(doc, kind, automatic, start, end, lead, before, line_suffix, newline)
+
+    @property
+    def job_key(self) -> tuple[str, str]:
+        return (self.doc.uri, self.kind)
+
+    def empty(self, reason: EmptyReason) -> Outcome:
+        return Outcome(start=self.start, end=self.end, reason=reason)
 
 
 @dataclass
@@ -92,9 +141,9 @@ class Completer:
         self.windows: dict[str, PromptWindow] = {}
         self.suggestions: dict[str, Suggestion] = {}
         self.stats = Stats()
-        self.prefilling: str | None = None  # the document of the latest prefill-on-open job
         self.outages_told: dict[int, int] = {}  # id(remote engine) -> its outages the user was told of
         self.prefetch = Prefetcher(self)  # the completion after the last suggestion, computed ahead
+        self.prefill = PrefillOnOpen(self)  # a just-opened document's cache, computed ahead
 
     def forget(self, uri: str | None = None) -> None:
         """Drop per-document state (one document, or all)."""
@@ -113,111 +162,116 @@ class Completer:
             self.stats.last_reason[uri] = out.reason
         if out.reason:
             self.stats.empty[out.reason] += 1
-            quiet = out.reason in (SUPERSEDED, CANCELLED, MID_WORD)  # routine while typing
-            log.log(logging.DEBUG if quiet else logging.INFO, "empty completion for %s: %s", uri, out.reason)
+            level = logging.DEBUG if out.reason in ROUTINE else logging.INFO  # routine while typing
+            log.log(level, "empty completion for %s: %s", uri, out.reason)
         return out
 
     async def complete(
         self, doc: Document, offset: int, automatic: bool, selected=None, kind: str = "inline"
     ) -> Outcome:
-        """The completion at `offset`; `selected` = (start, end, text) of the selected completion item."""
+        """The completion at `offset`; `selected` = (start, end, text) of the selected completion item.
+
+        The first step that answers wins: skipped (mid-word, nothing before), typed through the last
+        suggestion, computed ahead (prefetch), else computed by the model.
+        """
         assert kind in KINDS, kind
-        t0 = time.perf_counter()
-        uri, text = doc.uri, doc.text
-        job_key = (uri, kind)
         self.stats.requests += 1
-        eol = offset
-        while eol < len(text) and text[eol] not in "\r\n":
-            eol += 1
-        line_suffix = text[offset:eol]
-        start, end, lead, before = offset, offset, None, text[:offset]
-        if selected is not None:  # continue as if the selected item were accepted; answer over its range
-            start, end, lead = selected
-            end = max(end, start)
-            before = text[:start] + lead
-            line_suffix = text[max(end, offset) : eol]
-        # The model sees "\n" line breaks; the inserted text gets the document's own (CRLF stays CRLF).
-        newline = newline_of(text)
-        if newline != "\n":
-            before = before.replace("\r\n", "\n")
-        if automatic and postprocess.mid_word(line_suffix):
-            self.server.worker.supersede(job_key)
-            return self._answer(uri, Outcome(start=start, end=end, reason=MID_WORD), t0)
-        if not before:
-            return self._answer(uri, Outcome(start=start, end=end, reason=AT_DOCUMENT_START), t0)
+        req = Request.at(doc, offset, automatic, selected, kind)
+        out = self._skipped(req) or self._typed_through(req)
+        if out is None and kind == "inline":
+            out = await self._prefetched(req)
+        if out is None:
+            out = await self._from_model(req)
+        return self._answer(doc.uri, out, req.t0)
 
-        cached = self.typed_through(uri, before)
-        if cached is not None:
-            self.server.worker.supersede(job_key)
-            self.stats.typed_through_hits += 1
-            out = self._fit(cached, line_suffix, start, end, lead, newline)
-            out.source = "typed_through"
-            return self._answer(uri, out, t0)
-        if kind == "inline" and (out := await self._prefetched(doc, before, line_suffix, start, end, lead)):
-            return self._answer(uri, out, t0)
+    def _skipped(self, req: Request) -> Outcome | None:
+        """No completion wanted here: a word right after the cursor (automatic trigger), or no text before."""
+        if req.automatic and postprocess.mid_word(req.line_suffix):
+            self.server.worker.supersede(req.job_key)
+            return req.empty(EmptyReason.MID_WORD)
+        if not req.before:
+            return req.empty(EmptyReason.AT_DOCUMENT_START)
+        return None
 
-        settings = self.server.settings
-        try:
-            entry = await self.server.models.get(doc.language_id)
-        except asyncio.CancelledError:
-            self._answer(uri, Outcome(reason=CANCELLED), t0)
-            raise
-        except ModelUnavailable as e:
-            log.warning("%s", e)
-            return self._answer(uri, Outcome(start=start, end=end, reason=MODEL_NOT_LOADED), t0)
-        line_prefix = before[before.rfind("\n") + 1 :]
-        mode = settings.mode_for(doc.language_id)
-        patterns = postprocess.patterns_for(doc.language_id, mode, line_prefix, settings.stop_patterns)
-        generate = self.generator(uri, entry, before, patterns)
-        self.stats.model_calls += 1
-        self.server.worker.supersede(PREFILL_KEY)  # a request goes before any prefill-on-open
-        self.prefetch.stop()  # ... and before any prefetch
-        try:
-            delay = settings.debounce_ms / 1000 if automatic else 0.0  # an explicit request is not debounced
-            result = await self.server.worker.submit(job_key, generate, delay_s=delay)
-        except Superseded:
-            return self._answer(uri, Outcome(start=start, end=end, reason=SUPERSEDED), t0)
-        except asyncio.CancelledError:
-            self._answer(uri, Outcome(reason=CANCELLED), t0)
-            raise
-        except Exception:
-            log.exception("completion failed for %s", uri)
-            return self._answer(uri, Outcome(start=start, end=end, reason=ERROR), t0)
-        if result.stop_reason == "cancelled":
-            return self._answer(uri, Outcome(start=start, end=end, reason=CANCELLED), t0)
-        if result.stop_reason == REMOTE_UNAVAILABLE:
-            self.tell_outage(entry.engine, result.extra["remote_error"])
-        completion = postprocess.trim(result.text, patterns)
-        self.record(result, t0)
-        if completion:
-            self.suggestions[uri] = Suggestion(before, completion)  # kept: the next keystroke types through
-        else:
-            self.suggestions.pop(uri, None)
-            return self._answer(uri, Outcome(start=start, end=end, reason=self.why_empty(result)), t0)
-        if self.moved(doc):
-            return self._answer(uri, Outcome(start=start, end=end, reason=DOCUMENT_CHANGED), t0)
-        out = self._fit(completion, line_suffix, start, end, lead, newline)
-        if kind == "inline":
-            self._prefetch_after(doc, entry, before, lead, out)
-        return self._answer(uri, out, t0)
+    def _typed_through(self, req: Request) -> Outcome | None:
+        """The rest of the last suggestion when the text typed since is its start."""
+        cached = self.typed_through(req.doc.uri, req.before)
+        if cached is None:
+            return None
+        self.server.worker.supersede(req.job_key)
+        self.stats.typed_through_hits += 1
+        out = self._fit(cached, req)
+        out.source = "typed_through"
+        return out
 
-    async def _prefetched(
-        self, doc: Document, before: str, line_suffix: str, start, end, lead
-    ) -> Outcome | None:
+    async def _prefetched(self, req: Request) -> Outcome | None:
         """The answer from the completion computed ahead for `before`; None when there is none."""
+        doc = req.doc
         try:
-            ahead = await self.prefetch.answer(doc.uri, before)
+            ahead = await self.prefetch.answer(doc.uri, req.before)
         except Superseded:
-            return Outcome(start=start, end=end, reason=SUPERSEDED)
+            return req.empty(EmptyReason.SUPERSEDED)
         if ahead is None:
             return None
         self.server.worker.supersede((doc.uri, "inline"))
-        self.suggestions[doc.uri] = Suggestion(before, ahead)
+        self.suggestions[doc.uri] = Suggestion(req.before, ahead)
         if self.moved(doc):  # it waited for the prefetch: the document may have moved on meanwhile
-            return Outcome(start=start, end=end, reason=DOCUMENT_CHANGED)
-        out = self._fit(ahead, line_suffix, start, end, lead, newline_of(doc.text))
+            return req.empty(EmptyReason.DOCUMENT_CHANGED)
+        out = self._fit(ahead, req)
         out.source = "prefetched"
-        self._prefetch_after(doc, None, before, lead, out)
+        self._prefetch_after(doc, None, req.before, req.lead, out)
+        return out
+
+    async def _from_model(self, req: Request) -> Outcome:
+        """Load the model if needed, generate on the worker, and turn the result into an answer."""
+        try:
+            entry = await self.server.models.get(req.doc.language_id)
+        except asyncio.CancelledError:
+            self._answer(req.doc.uri, Outcome(reason=EmptyReason.CANCELLED), req.t0)
+            raise
+        except ModelUnavailable as e:
+            log.warning("%s", e)
+            return req.empty(EmptyReason.MODEL_NOT_LOADED)
+        result = await self._generate(req, entry)
+        return result if isinstance(result, Outcome) else self._answer_of(req, entry, result)
+
+    async def _generate(self, req: Request, entry):
+        """The engine's GenerationResult for the request (run on the worker), or an Outcome saying why not."""
+        stops = self.stops_for(req.doc.language_id, req.before)
+        generate = self.generator(req.doc.uri, entry, req.before, stops)
+        self.stats.model_calls += 1
+        self.prefill.supersede()  # a request goes before any prefill-on-open
+        self.prefetch.stop()  # ... and before any prefetch
+        delay = self.server.settings.debounce_ms / 1000 if req.automatic else 0.0  # explicit: no debounce
+        try:
+            return await self.server.worker.submit(req.job_key, generate, delay_s=delay)
+        except Superseded:
+            return req.empty(EmptyReason.SUPERSEDED)
+        except asyncio.CancelledError:
+            self._answer(req.doc.uri, Outcome(reason=EmptyReason.CANCELLED), req.t0)
+            raise
+        except Exception:
+            log.exception("completion failed for %s", req.doc.uri)
+            return req.empty(EmptyReason.ERROR)
+
+    def _answer_of(self, req: Request, entry, result) -> Outcome:
+        """The answer from the engine's result (cut at the stop patterns by the engine): fitted, or empty."""
+        uri = req.doc.uri
+        if result.stop_reason == StopReason.CANCELLED:
+            return req.empty(EmptyReason.CANCELLED)
+        if result.stop_reason == StopReason.REMOTE_UNAVAILABLE:
+            self.tell_outage(entry.engine, result.extra["remote_error"])
+        completion = result.text.rstrip()
+        self.record(result, req.t0)
+        if not completion:
+            self.suggestions.pop(uri, None)
+            return req.empty(self.why_empty(result))
+        self.suggestions[uri] = Suggestion(req.before, completion)  # kept: the next keystroke types through
+        if self.moved(req.doc):
+            return req.empty(EmptyReason.DOCUMENT_CHANGED)
+        out = self._fit(completion, req)
+        if req.kind == "inline":
+            self._prefetch_after(req.doc, entry, req.before, req.lead, out)
         return out
 
     def _prefetch_after(self, doc: Document, entry, before: str, lead: str | None, out: Outcome) -> None:
@@ -241,85 +295,45 @@ class Completer:
             self.outages_told[id(engine)] = outages
             show(self.server, f"codegen: the completion server is unavailable: {error}")
 
-    def generator(self, uri: str, entry, before: str, patterns: list[str]):
-        """The function the worker runs: cut the prompt, then generate in the document's session."""
-        from inference.engine import GenerationParams
+    def stops_for(self, language: str, before: str) -> tuple:
+        """The compiled stop patterns of a completion of `before` (settings: mode, overrides)."""
+        s = self.server.settings
+        line_prefix = before[before.rfind("\n") + 1 :]
+        return postprocess.patterns_for(language, s.mode_for(language), line_prefix, s.stop_patterns)
+
+    def generator(self, uri: str, entry, before: str, stops: tuple):
+        """What the worker runs: cut the prompt to token ids, then generate in the document's session."""
+        from inference.generate import GenerationParams
 
         s = self.server.settings
-        window, max_new = self.budget(entry)
+        limit, max_new = self.budget(entry)
         params = GenerationParams(
             max_new_tokens=max_new,
             temperature=s.temperature,
             top_p=s.top_p,
-            stop_patterns=patterns,
+            stop_patterns=stops,
             max_latency_ms=s.max_latency_ms,
         )
 
         def run(should_cancel):
-            ids = self.prompt_ids(uri, entry, before, window - max_new)
+            ids = self.prompt_ids(uri, entry, before, limit)
             return entry.engine.session(uri).generate(ids, params, should_cancel=should_cancel)
 
         return run
 
     def budget(self, entry) -> tuple[int, int]:
-        """(context window, new tokens) of one request to this model under the current settings."""
+        """(prompt tokens, new tokens) of one request to this model under the current settings: the window is
+        `contextWindow` (at most the model's), the completion at most half of it (inference.rules)."""
         s = self.server.settings
         n_positions = entry.loaded.config.n_positions
         window = min(s.context_window or n_positions, n_positions)
-        return window, max(1, min(s.max_new_tokens, window // 2))
+        max_new = max(1, min(s.max_new_tokens, window // 2))
+        return prompt_limit(window, max_new), max_new
 
-    def prompt_ids(self, uri: str, entry, before: str, limit: int) -> list[int] | str:
-        """The prompt cut from `before` (keeping the document's window start), as ids when already encoded."""
-        tok = entry.loaded.tokenizer
-        last: list = [None, None]  # the last text counted and its ids: usually the prompt itself
-
-        def count(t: str) -> int:
-            last[:] = t, tok.encode(t)
-            return len(last[1])
-
-        prompt, self.windows[uri] = cut_prompt(before, limit, count, self.windows.get(uri))
-        return last[1] if last[0] == prompt else prompt  # encode each keystroke's prompt once
-
-    async def prefill_on_open(self, doc: Document) -> None:
-        """Prefill a just-opened document (as if the cursor were at its end) with the model already serving
-        its language, so that the first completion there reuses the cache instead of a cold prefill."""
-        entry = await self.server.models.ready_for(doc.language_id)
-        text = doc.text
-        if entry is None or not text.strip() or self.server.documents.find(doc.uri) is not doc:
-            return
-        uri, before = doc.uri, text.replace("\r\n", "\n") if newline_of(text) != "\n" else text
-        window, max_new = self.budget(entry)
-
-        def run(should_cancel) -> dict | None:
-            if not entry.engine.pool.has_room_for(uri):
-                return None  # never evict the cache of a document being edited for one just opened
-            t0 = time.perf_counter()
-            ids = self.prompt_ids(uri, entry, before, window - max_new)
-            if isinstance(ids, str):
-                ids = entry.loaded.tokenizer.encode(ids)
-            done = entry.engine.session(uri).prefill(ids, should_cancel, chunk=PREFILL_CHUNK)
-            ms = round((time.perf_counter() - t0) * 1000, 2)
-            return {"uri": uri, "promptTokens": len(ids), "prefillTokens": done, "ms": ms}
-
-        self.prefilling = uri
-        try:
-            info = await self.server.worker.submit(PREFILL_KEY, run)
-        except (Superseded, asyncio.CancelledError):
-            return
-        except Exception:
-            log.exception("prefill on open failed for %s", uri)
-            return
-        if info is None:
-            log.debug("no prefill on open for %s: the KV-cache budget is in use", uri)
-            return
-        self.stats.prefills += 1
-        self.stats.last_prefill = info
-        log.debug("prefilled %s on open: %s", uri, info)
-
-    def stop_prefill(self, uri: str) -> None:
-        """Stop the prefill-on-open of `uri` (the document was closed)."""
-        if self.prefilling == uri:
-            self.server.worker.supersede(PREFILL_KEY)
+    def prompt_ids(self, uri: str, entry, before: str, limit: int) -> list[int]:
+        """The prompt's token ids cut from `before` (keeping the document's window start)."""
+        ids, self.windows[uri] = prompt_ids(before, entry.loaded.tokenizer, limit, self.windows.get(uri))
+        return ids
 
     def typed_through(self, uri: str, before: str) -> str | None:
         """The rest of the last suggestion when the text typed since then is its start."""
@@ -331,17 +345,16 @@ class Completer:
             return s.text[len(typed) :]
         return None
 
-    def _fit(
-        self, completion: str, line_suffix: str, start: int, end: int, lead: str | None, newline: str = "\n"
-    ) -> Outcome:
-        text, replaced = postprocess.fit_suffix(completion, line_suffix)
-        if replaced and lead is not None:  # a selected item's range cannot grow: keep the first line
-            text, replaced = postprocess.fit_suffix(completion.partition("\n")[0], line_suffix)
+    def _fit(self, completion: str, req: Request) -> Outcome:
+        """The answer inserting `completion` over the request's range, without repeating the line's suffix."""
+        text, replaced = postprocess.fit_suffix(completion, req.line_suffix)
+        if replaced and req.lead is not None:  # a selected item's range cannot grow: keep the first line
+            text, replaced = postprocess.fit_suffix(completion.partition("\n")[0], req.line_suffix)
         if not text.strip():
-            return Outcome(start=start, end=end, reason=SUFFIX_ONLY)
-        if newline != "\n":
-            text = text.replace("\n", newline)
-        return Outcome(text=(lead or "") + text, start=start, end=end + replaced)
+            return req.empty(EmptyReason.SUFFIX_ONLY)
+        if req.newline != "\n":
+            text = text.replace("\n", req.newline)
+        return Outcome(text=(req.lead or "") + text, start=req.start, end=req.end + replaced)
 
     def record(self, result, t0: float) -> None:
         self.stats.recent.append(
@@ -359,18 +372,14 @@ class Completer:
         )
 
     @staticmethod
-    def why_empty(result) -> str:
-        if result.stop_reason == REMOTE_UNAVAILABLE:
-            return REMOTE_UNAVAILABLE
-        if result.stop_reason == "eos" and len(result.token_ids) <= 1:
-            return EOS_AT_ONCE
-        if result.stop_reason == "context_full":
-            return CONTEXT_FULL
-        if result.stop_reason == "stop_pattern" and not result.text.strip():
-            return STOP_AT_ONCE
-        return BLANK
-
-
-def newline_of(text: str) -> str:
-    """The document's line break: CRLF when its first line ends with one, else LF."""
-    return "\r\n" if "\r\n" in text[: text.find("\n") + 1 or len(text)] else "\n"
+    def why_empty(result) -> EmptyReason:
+        """Why the engine's result left nothing to insert."""
+        if result.stop_reason == StopReason.REMOTE_UNAVAILABLE:
+            return EmptyReason.REMOTE_UNAVAILABLE
+        if result.stop_reason == StopReason.EOS and len(result.token_ids) <= 1:
+            return EmptyReason.EOS_AT_ONCE
+        if result.stop_reason == StopReason.CONTEXT_FULL:
+            return EmptyReason.CONTEXT_FULL
+        if result.stop_reason == StopReason.STOP_PATTERN and not result.text.strip():
+            return EmptyReason.STOP_AT_ONCE
+        return EmptyReason.BLANK

@@ -132,3 +132,8 @@ class Documents:
 
     def __len__(self) -> int:
         return len(self._docs)
+
+
+def newline_of(text: str) -> str:
+    """The document's line break: CRLF when its first line ends with one, else LF."""
+    return "\r\n" if "\r\n" in text[: text.find("\n") + 1 or len(text)] else "\n"

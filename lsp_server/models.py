@@ -14,7 +14,7 @@ from lsprotocol import types
 
 from inference.errors import ModelLoadError
 from lsp_server.progress import Progress, show
-from lsp_server.settings import Settings
+from lsp_server.settings import Settings, camel_keys
 
 log = logging.getLogger(__name__)
 BUILTIN = "builtin"
@@ -239,7 +239,7 @@ class ModelManager:
         """What codegen.status shows about the models."""
         out = []
         for e in self.entries.values():
-            stats = e.engine.stats() if hasattr(e.engine, "stats") else {}
+            stats = camel_keys(e.engine.stats()) if hasattr(e.engine, "stats") else {}
             out.append(
                 {
                     "name": e.name,

@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from inference.rules import StopReason
+from lsp_server.prompt import PromptWindow, prompt_ids
+
 log = logging.getLogger(__name__)
 
 # MTPB (arXiv 2203.13474): the history of an empty program, and the truncation patterns of the benchmark.
@@ -148,7 +151,7 @@ class TurnResult:
     prompt: str
     code: str
     tokens: int  # generated tokens (before truncation)
-    stop_reason: str
+    stop_reason: StopReason
     ms: float
     prompt_tokens: int
     prefill_tokens: int
@@ -184,6 +187,7 @@ class Conversation:
     turns: list[TurnResult] = field(default_factory=list)
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
+    window: PromptWindow | None = None  # where the last prompt started (cut when over the window)
     _body: list[str] = field(default_factory=list)
 
     @property
@@ -210,12 +214,13 @@ class Conversation:
     def turn(self, prompt: str, should_cancel: Callable[[], bool] | None = None) -> TurnResult:
         """Generate the code of one turn on the conversation's session; a cancelled turn leaves no trace."""
         validate_turn(prompt)
-        text = self.prompt_for(prompt)
         params = replace(self.params, stop_patterns=turn_patterns(self.language_id, self.indent))
         t0 = time.perf_counter()
-        result = self.engine.session(self.session_key).generate(text, params, should_cancel=should_cancel)
+        limit, tok = self.engine.prompt_limit(params.max_new_tokens), self.engine.loaded.tokenizer
+        ids, self.window = prompt_ids(self.prompt_for(prompt), tok, limit, self.window)
+        result = self.engine.session(self.session_key).generate(ids, params, should_cancel=should_cancel)
         ms = (time.perf_counter() - t0) * 1000.0
-        cancelled = result.stop_reason == "cancelled"
+        cancelled = result.stop_reason == StopReason.CANCELLED
         code = "" if cancelled else truncate_code(result.text, self.language_id, self.indent)
         turn = TurnResult(
             prompt=prompt,
@@ -228,7 +233,7 @@ class Conversation:
             reused_tokens=result.reused_tokens,
             prefill_ms=result.prefill_ms,
         )
-        if result.stop_reason != "cancelled":
+        if not cancelled:
             self._body.append(turn_comment(prompt, self.language_id, self.indent) + code + TURN_SEPARATOR)
             self.turns.append(turn)
         self.last_used = time.monotonic()
@@ -286,7 +291,7 @@ def synthesize(
     try:
         for k, prompt in enumerate(turns, 1):
             turn = conv.turn(prompt, should_cancel)
-            if turn.stop_reason == "cancelled":
+            if turn.stop_reason == StopReason.CANCELLED:
                 cancelled = True
                 break
             if on_turn is not None:

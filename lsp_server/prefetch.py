@@ -17,7 +17,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from lsp_server import postprocess
+from inference.rules import StopReason
 from lsp_server.scheduler import Superseded
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,8 @@ class Prefetcher:
         job.task.add_done_callback(self.server.background.discard)
 
     async def _run(self, job: Prefetched, entry, language: str) -> None:
-        s = self.server.settings
-        line_prefix = job.before[job.before.rfind("\n") + 1 :]
-        patterns = postprocess.patterns_for(language, s.mode_for(language), line_prefix, s.stop_patterns)
-        generate = self.completer.generator(job.uri, entry, job.before, patterns)
+        stops = self.completer.stops_for(language, job.before)
+        generate = self.completer.generator(job.uri, entry, job.before, stops)
         self.started += 1
         try:
             result = await self.server.worker.submit(PREFETCH_KEY, generate)
@@ -74,8 +72,8 @@ class Prefetcher:
         except Exception:
             log.exception("prefetch failed for %s", job.uri)
             return
-        if result.stop_reason != "cancelled":
-            job.text = postprocess.trim(result.text, patterns)
+        if result.stop_reason != StopReason.CANCELLED:
+            job.text = result.text.rstrip()  # the engine cut at the stop patterns
             log.debug("prefetched %d characters for %s", len(job.text), job.uri)
 
     async def answer(self, uri: str, before: str) -> str | None:

@@ -1,4 +1,6 @@
-"""Text before the cursor -> prompt, cut from the left at a line boundary, moving its start in large steps.
+"""Text before the cursor -> prompt token ids, cut from the left at a line boundary, moving its start in
+large steps. The one prompt cutter: the server, the CLI and synthesis cut here; the engine refuses what
+does not fit.
 
 The prompt's start stays where it was as long as the text from there to the cursor fits the budget
 (`window - maxNewTokens` tokens) and the text at the start is unchanged. When it no longer fits, the start
@@ -51,7 +53,8 @@ def cut_prompt(
     if lo == 0 and count(prefix) <= budget:
         return prefix, PromptWindow(0, prefix[:ANCHOR_CHARS])
     target = budget - budget // SLACK
-    starts = [s for s in line_starts(prefix, lo) if s < len(prefix)] or [len(prefix)]
+    # line starts before the end; none in reach: the last line starts at or before `lo`, cut inside it
+    starts = [s for s in line_starts(prefix, lo) if s < len(prefix)] or [lo]
     # smallest line start whose tail fits the target (token counts fall as the start moves right)
     i = bisect_left(range(len(starts)), True, key=lambda k: count(prefix[starts[k] :]) <= target)
     if i < len(starts):
@@ -61,3 +64,20 @@ def cut_prompt(
         span = range(first, len(prefix) + 1)
         start = first + bisect_left(range(len(span)), True, key=lambda k: count(prefix[span[k] :]) <= target)
     return prefix[start:], PromptWindow(start, prefix[start : start + ANCHOR_CHARS])
+
+
+def prompt_ids(
+    text: str, tokenizer, limit: int, window: PromptWindow | None = None
+) -> tuple[list[int], PromptWindow]:
+    """The token ids of `text`'s prompt within `limit` tokens (cut_prompt), and the window for the next call.
+
+    Each text counted is encoded once; the prompt is usually the last one counted, so its ids are reused.
+    """
+    last: list = [None, None]  # the last text counted and its ids
+
+    def count(t: str) -> int:
+        last[:] = t, tokenizer.encode(t)
+        return len(last[1])
+
+    prompt, window = cut_prompt(text, limit, count, window)
+    return (last[1] if last[0] == prompt else tokenizer.encode(prompt)), window

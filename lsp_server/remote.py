@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference.rules import StopReason, prompt_limit
 from lsp_server.constants import DEFAULT_MODEL
 from lsp_server.remote_stream import RemoteError, Streamed, stream_completion
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = "remote_unavailable"
 DEFAULT_TOKENIZER = DEFAULT_MODEL  # every CodeGen size shares this tokenizer
 DEFAULT_WINDOW = 2048  # used when the server does not say its max_model_len
 TOKENIZER_FILES = ["tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "*.json"]
@@ -206,8 +206,14 @@ class RemoteEngine:
     def session(self, key: Hashable) -> RemoteSession:
         return RemoteSession(self, key)
 
+    def prompt_limit(self, max_new_tokens: int) -> int:
+        """Most prompt tokens a request takes (the local engine's rule, on the served window)."""
+        return prompt_limit(self.loaded.config.n_positions, max_new_tokens)
+
     def generate(self, key, prompt, params=None, should_cancel=None):
-        return self.session(key).generate(prompt, params, should_cancel)
+        """Shorthand for session(key).generate(...); a text is encoded whole (never cut)."""
+        ids = self.loaded.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        return self.session(key).generate(ids, params, should_cancel)
 
     def drop_session(self, key: Hashable) -> None:
         """Nothing is kept per document here: the server's prefix cache is shared."""
@@ -274,27 +280,24 @@ class RemoteSession:
 
     def generate(
         self,
-        prompt: str | list[int],
+        prompt: Sequence[int],
         params=None,
         should_cancel: Callable[[], bool] | None = None,
     ):
-        """Stream a completion of `prompt` (cut like the local session does) -> GenerationResult; never
-        raises for the server's faults (stop reason `remote_unavailable` instead)."""
-        from inference.generate import GenerationParams, GenerationResult
-        from inference.session import fit_prompt
+        """Stream a completion of the token ids `prompt` -> GenerationResult; never raises for the server's
+        faults (stop reason REMOTE_UNAVAILABLE instead). A prompt over prompt_limit() is refused (ValueError),
+        as the local session refuses it."""
+        from inference.generate import GenerationParams
 
         params = params or GenerationParams()
         eng, t0 = self.engine, time.perf_counter()
-        cfg, tok = eng.loaded.config, eng.loaded.tokenizer
-        capacity = cfg.n_positions
-        limit = max(1, capacity - min(params.max_new_tokens, capacity // 2))
+        cfg = eng.loaded.config
         if isinstance(prompt, str):
-            ids, truncated = fit_prompt(prompt, tok, limit)
-        else:
-            ids, truncated = list(prompt)[-limit:], len(prompt) > limit
-        if not ids:
-            ids = [cfg.bos_token_id if cfg.bos_token_id is not None else 0]
-        body = request_body(eng.spec.model, ids, params, capacity)
+            raise TypeError("RemoteSession.generate takes token ids; encode (and cut) the text first")
+        if len(prompt) > (limit := eng.prompt_limit(params.max_new_tokens)):
+            raise ValueError(f"the prompt has {len(prompt)} tokens; the remote window takes at most {limit}")
+        ids = list(prompt) or [cfg.bos_token_id if cfg.bos_token_id is not None else 0]
+        body = request_body(eng.spec.model, ids, params, cfg.n_positions)
         try:
             out = stream_completion(eng, body, params.stop_patterns, should_cancel)
             error = None
@@ -303,24 +306,33 @@ class RemoteSession:
         new_outage = eng.note(error)
         if error:
             log.warning("remote completion failed: %s", error)
-        t1 = time.perf_counter()
-        reason = UNAVAILABLE if error else out.reason
-        if reason == "max_tokens" and body["max_tokens"] < params.max_new_tokens:
-            reason = "context_full"
-        return GenerationResult(
-            text=out.text,
-            token_ids=out.token_ids,
-            stop_reason=reason,
-            prompt_tokens=len(ids),
-            reused_tokens=out.cached_tokens,
-            prefill_tokens=len(ids) - out.cached_tokens,
-            prefill_ms=(out.first_ms or (t1 - t0) * 1e3),
-            decode_ms=(t1 - t0) * 1e3 - (out.first_ms or (t1 - t0) * 1e3),
-            total_ms=(t1 - t0) * 1e3,
-            decode_steps=len(out.token_ids),
-            truncated=truncated,
-            extra={"remote_error": error, "new_outage": new_outage} if error else {},
+        reason = StopReason.REMOTE_UNAVAILABLE if error else out.reason
+        if reason == StopReason.MAX_TOKENS and body["max_tokens"] < params.max_new_tokens:
+            reason = StopReason.CONTEXT_FULL
+        return result_of(
+            out, ids, reason, t0, {"remote_error": error, "new_outage": new_outage} if error else {}
         )
+
+
+def result_of(out: Streamed, ids: list[int], reason, t0: float, extra: dict):
+    """The GenerationResult of one stream (times since `t0`; the first chunk's time counts as prefill)."""
+    from inference.generate import GenerationResult
+
+    total = (time.perf_counter() - t0) * 1e3
+    first = out.first_ms or total
+    return GenerationResult(
+        text=out.text,
+        token_ids=out.token_ids,
+        stop_reason=reason,
+        prompt_tokens=len(ids),
+        reused_tokens=out.cached_tokens,
+        prefill_tokens=len(ids) - out.cached_tokens,
+        prefill_ms=first,
+        decode_ms=total - first,
+        total_ms=total,
+        decode_steps=len(out.token_ids),
+        extra=extra,
+    )
 
 
 def request_body(model: str, ids: list[int], params, capacity: int) -> dict:
@@ -337,7 +349,7 @@ def request_body(model: str, ids: list[int], params, capacity: int) -> dict:
     }
     if params.seed is not None:
         body["seed"] = params.seed
-    stops = literal_stops(params.stop_patterns)
+    stops = literal_stops([p.pattern for p in params.stop_patterns])
     if stops:
         body["stop"] = stops
     return body

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference.rules import StopReason, first_match
+
 
 class RemoteError(Exception):
     """The server could not answer (refused, timeout, HTTP error, malformed stream)."""
@@ -20,17 +22,16 @@ class Streamed:
 
     text: str = ""
     token_ids: list = field(default_factory=list)
-    reason: str = "max_tokens"
+    reason: StopReason = StopReason.MAX_TOKENS
     cached_tokens: int = 0
     first_ms: float | None = None
     decoder: Any = None  # the tokenizer's incremental decoder, for servers that stream token ids
     eos_token_id: int | None = None
 
 
-def stream_completion(eng, body: dict, patterns: Sequence[str], should_cancel) -> Streamed:
+def stream_completion(eng, body: dict, compiled: Sequence[re.Pattern], should_cancel) -> Streamed:
     """POST /completions (stream) and read it until [DONE], a stop match, or a cancel: RemoteError else."""
     httpx, t0 = eng.httpx, time.perf_counter()
-    compiled = [re.compile(p, re.MULTILINE) for p in patterns]
     tok = eng.loaded.tokenizer
     out = Streamed(decoder=tok.incremental_decoder(), eos_token_id=eng.loaded.config.eos_token_id)
     try:
@@ -40,7 +41,7 @@ def stream_completion(eng, body: dict, patterns: Sequence[str], should_cancel) -
                 raise RemoteError(f"HTTP {r.status_code} from {eng.spec.url}/completions: {_error_text(r)}")
             for line in r.iter_lines():
                 if should_cancel is not None and should_cancel():
-                    out.reason = "cancelled"
+                    out.reason = StopReason.CANCELLED
                     eng.state.closed_early += 1
                     eng.state.cancelled += 1
                     return out  # leaving the `with` closes the stream: the server aborts the sequence
@@ -81,7 +82,7 @@ def _take(out: Streamed, chunk: dict, patterns: list, t0: float) -> bool:
     choices = chunk.get("choices") or []
     details = (chunk.get("usage") or {}).get("prompt_tokens_details") or {}
     out.cached_tokens = details.get("cached_tokens") or out.cached_tokens
-    if not choices or out.reason == "eos":
+    if not choices or out.reason == StopReason.EOS:
         return False
     c = choices[0]
     ids = c.get("token_ids") if isinstance(c, dict) else None
@@ -94,33 +95,31 @@ def _take(out: Streamed, chunk: dict, patterns: list, t0: float) -> bool:
         for i in ids:
             out.token_ids.append(i)
             if i == out.eos_token_id:
-                out.reason = "eos"
+                out.reason = StopReason.EOS
                 break
             out.text += out.decoder.push(i)
     else:
         out.text += c.get("text") or ""
     if _cut(out, patterns):
         return True
-    if out.reason == "eos":
+    if out.reason == StopReason.EOS:
         return False
     if c.get("finish_reason") == "stop":  # EOS, or a literal stop string the server stopped at
-        out.reason = "stop_pattern" if c.get("stop_reason") is not None else "eos"
+        out.reason = StopReason.STOP_PATTERN if c.get("stop_reason") is not None else StopReason.EOS
     elif c.get("finish_reason") == "length":
-        out.reason = "max_tokens"
+        out.reason = StopReason.MAX_TOKENS
     return False
 
 
 def _cut(out: Streamed, patterns: list) -> bool:
-    from inference.generate import first_match
-
     cut = first_match(out.text, patterns)
     if cut >= 0:
-        out.text, out.reason = out.text[:cut], "stop_pattern"
+        out.text, out.reason = out.text[:cut], StopReason.STOP_PATTERN
     return cut >= 0
 
 
 def _finish(out: Streamed, patterns: list) -> Streamed:
-    if out.decoder is not None and out.reason != "stop_pattern":
+    if out.decoder is not None and out.reason != StopReason.STOP_PATTERN:
         out.text += out.decoder.flush()
     _cut(out, patterns)
     return out

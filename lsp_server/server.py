@@ -157,7 +157,7 @@ def did_open(ls: CodegenServer, params: types.DidOpenTextDocumentParams) -> None
     d = params.text_document
     doc = ls.documents.open(d.uri, d.language_id, d.version, d.text)
     if ls.settings.prefill_on_open:
-        task = asyncio.ensure_future(ls.completer.prefill_on_open(doc))
+        task = asyncio.ensure_future(ls.completer.prefill.run(doc))
         ls.background.add(task)
         task.add_done_callback(ls.background.discard)
 
@@ -178,7 +178,7 @@ def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> No
     uri = params.text_document.uri
     ls.documents.close(uri)
     ls.completer.forget(uri)
-    ls.completer.stop_prefill(uri)
+    ls.completer.prefill.stop(uri)
     for kind in KINDS:
         ls.worker.supersede((uri, kind))
     # Free the caches at once where no generation holds the engine (so status shows it), else on the

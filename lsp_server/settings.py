@@ -405,6 +405,11 @@ def update(previous, raw: Any) -> tuple[Any, list[str]]:
     return dataclasses.replace(previous, **changes), errors
 
 
+def camel_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """A dict's keys as the client spells them (`cache_bytes` -> `cacheBytes`); values stay as they are."""
+    return {to_camel(k): v for k, v in d.items()}
+
+
 def as_camel_dict(settings) -> dict[str, Any]:
     """The settings as the client would spell them (for codegen.status)."""
-    return {to_camel(k): v for k, v in dataclasses.asdict(settings).items()}
+    return camel_keys(dataclasses.asdict(settings))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 
+from inference.rules import StopReason
 from lsp_server import jsonrpc
 from lsp_server import mtpb as syn
 from lsp_server.documents import DocumentError
@@ -262,7 +263,7 @@ async def synthesize(server, args: list) -> dict:
                 break
             progress.report(f"turn {k}/{len(turns)}", percentage=100 * (k - 1) // len(turns))
             turn = await _run_turn(server, conv, prompt, hook)
-            if turn.stop_reason == "cancelled":
+            if turn.stop_reason == StopReason.CANCELLED:
                 cancelled = True
                 break
     finally:
@@ -325,7 +326,7 @@ async def turn(server, args: list) -> dict:
         "turn": result.to_json(),
         "program": conv.program,
         "turns": len(conv.turns),
-        "cancelled": result.stop_reason == "cancelled",
+        "cancelled": result.stop_reason == StopReason.CANCELLED,
     }
 
 

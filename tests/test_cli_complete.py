@@ -119,3 +119,25 @@ def test_console_script_stdout_is_only_the_completion(ckpt, source):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode("utf-8") == expected(ckpt, SOURCE)
     assert b"prompt tokens" in proc.stderr
+
+
+def test_a_file_longer_than_the_window_is_cut_by_the_servers_cutter(ckpt, tmp_path, caplog, capsys):
+    """512 positions, 24 new tokens: the prompt keeps the file's last lines, cut as the server cuts it."""
+    from lsp_server.prompt import prompt_ids
+
+    text = "".join(f"value_{i} = compute({i}, 'x')\n" for i in range(300)) + "def sub(a, b):\n    "
+    path = tmp_path / "long.py"
+    path.write_text(text, encoding="utf-8")
+    argv = ["complete", "--model", str(ckpt), "--file", str(path), "--max-new-tokens", "24", "--raw"]
+    with caplog.at_level("INFO", logger="codegen_lsp.cli"):
+        assert main(argv) == 0
+    engine = Engine(load_model(str(ckpt), dtype="auto"))
+    assert len(engine.loaded.tokenizer.encode(text)) > 512
+    ids, window = prompt_ids(text, engine.loaded.tokenizer, engine.prompt_limit(24))
+    assert window.start > 0 and text[window.start - 1] == "\n" and len(ids) <= 512 - 24
+    want = engine.generate("x", ids, GenerationParams(max_new_tokens=24))
+    assert (
+        want.text and capsys.readouterr().out == want.text and caplog.text.count("(cut from the left)") == 1
+    )
+    assert want.prompt_tokens == len(ids)
+    assert f"{len(ids)} prompt tokens (cut from the left)" in caplog.text

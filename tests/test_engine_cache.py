@@ -13,6 +13,7 @@ from inference.generate import GenerationParams
 from inference.kv_cache import CachePool, KVCache
 from inference.loader import load_model
 from inference.sampling import sample, top_p_filter
+from lsp_server.prompt import prompt_ids
 from tests.checkpoints import make_codegen_checkpoint
 
 BASE = (
@@ -253,23 +254,33 @@ def test_bad_generation_params(bad):
         GenerationParams(**bad)
 
 
-def test_prompt_longer_than_the_window_is_cut_at_a_line_boundary(lm):
+def test_prompt_longer_than_the_window_is_refused_and_cut_by_the_one_cutter(lm):
     engine = Engine(lm, max_context=96)
     lines = [f"value_{i} = compute({i}, 'x')\n" for i in range(60)]
     prompt = "".join(lines) + "result = "
     params = GenerationParams(max_new_tokens=16)
-    r = engine.generate("a", prompt, params)
-    assert r.truncated and r.prompt_tokens <= 96 - 16
+    with pytest.raises(ValueError, match="cut it first"):  # the engine never cuts a second way
+        engine.generate("a", prompt, params)
+    assert "a" not in engine.pool  # refused before touching the cache
+    limit = engine.prompt_limit(16)
+    assert limit == 96 - 16
+    ids, window = prompt_ids(prompt, lm.tokenizer, limit)
+    r = engine.generate("a", ids, params)
+    assert window.start > 0 and r.prompt_tokens <= 96 - 16
     assert r.prompt_tokens + len(r.token_ids) <= 96
-    # the kept prompt is a suffix of the text that starts at a line start
+    # the kept prompt is a suffix of the text that starts at a line start: the first one whose tail leaves a
+    # quarter of the budget free (80 - 80 // 4 = 60 tokens; lsp_server/prompt.py)
     kept = next(
-        i for i in range(len(lines)) if len(lm.tokenizer.encode("".join(lines[i:]) + "result = ")) <= 80
+        i for i in range(len(lines)) if len(lm.tokenizer.encode("".join(lines[i:]) + "result = ")) <= 60
     )
+    assert ids == lm.tokenizer.encode("".join(lines[kept:]) + "result = ")
     expected = fresh_engine_ids(lm, "".join(lines[kept:]) + "result = ", params)
     assert r.token_ids == expected
-    # a single line longer than the window is cut by tokens, still without a crash
-    r = engine.generate("b", "x" * 2000, params)
-    assert r.truncated and r.prompt_tokens == 80
+    # a single line longer than the window is cut inside the line, still without a crash
+    ids, window = prompt_ids("x" * 2000, lm.tokenizer, limit)
+    r = engine.generate("b", ids, params)
+    n = 2000 - window.start
+    assert r.prompt_tokens == len(ids) <= 60 < len(lm.tokenizer.encode("x" * (n + 1)))
 
 
 def fresh_engine_ids(lm, prompt, params):
@@ -283,11 +294,12 @@ def test_empty_prompt(lm):
 
 def test_context_full_when_the_window_runs_out(lm):
     engine = Engine(lm, max_context=64)
-    r = engine.generate("a", BASE * 3, GenerationParams(max_new_tokens=100))
-    assert r.truncated and r.prompt_tokens <= 32  # half the window stays for the prompt
+    ids, window = prompt_ids(BASE * 3, lm.tokenizer, engine.prompt_limit(100))
+    r = engine.generate("a", ids, GenerationParams(max_new_tokens=100))
+    assert window.start > 0 and r.prompt_tokens <= 32  # half the window stays for the prompt
     assert r.stop_reason == "context_full"
     assert r.prompt_tokens + len(r.token_ids) == 64 + 1  # every slot used; the last token needs no slot
-    again = engine.generate("a", BASE * 3, GenerationParams(max_new_tokens=100))
+    again = engine.generate("a", ids, GenerationParams(max_new_tokens=100))
     assert again.token_ids == r.token_ids and again.reused_tokens == r.prompt_tokens - 1
 
 
@@ -333,3 +345,31 @@ def test_cancelled_prefill_keeps_what_it_computed(lm):
     r = engine.generate("doc", ids, GenerationParams(max_new_tokens=6))
     assert r.reused_tokens == 10
     assert r.token_ids == fresh(lm, ids, GenerationParams(max_new_tokens=6)).token_ids
+
+
+def test_stop_patterns_are_compiled_once_and_passed_down(lm, monkeypatch):
+    given = re.compile(r"\n\n\n")
+    params = GenerationParams(max_new_tokens=40, stop_patterns=[given, "^zzz"])
+    assert params.stop_patterns[0] is given  # a compiled pattern passes as it is
+    assert params.stop_patterns[1].pattern == "^zzz" and params.stop_patterns[1].flags & re.MULTILINE
+    ids = lm.tokenizer.encode(BASE)
+    engine = Engine(lm)
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("a stop pattern was compiled again while generating")
+
+    monkeypatch.setattr(re, "compile", no_compile)
+    r = engine.generate("a", ids, params)
+    monkeypatch.undo()
+    assert r.token_ids == fresh(lm, ids, GenerationParams(max_new_tokens=40, stop_patterns=[given])).token_ids
+
+
+def test_stop_reasons_are_plain_strings_in_json(lm):
+    import json
+
+    from inference.rules import StopReason
+
+    r = Engine(lm).generate("a", BASE, GenerationParams(max_new_tokens=2))
+    assert r.stop_reason is StopReason.MAX_TOKENS
+    assert json.dumps({"stopReason": r.stop_reason}) == '{"stopReason": "max_tokens"}'
+    assert f"{r.stop_reason}" == str(r.stop_reason) == "max_tokens"

@@ -153,12 +153,12 @@ def test_greedy_with_cache_reuse_token_identical(ckpt):
     _, ref, lm = ckpt
     eos = lm.config.eos_token_id
     session = Engine(lm).session("doc.md")
-    first = session.generate(PROMPT, GenerationParams(max_new_tokens=64))
+    first = session.generate(lm.tokenizer.encode(PROMPT), GenerationParams(max_new_tokens=64))
     # The user accepts part of the completion and types on: the cached prompt (+ generated ids) is reused.
     accepted = lm.tokenizer.decode(first.token_ids[:5])
     for prompt in (PROMPT + accepted + "そして", PROMPT[:8] + "犬である。"):
-        result = session.generate(prompt, GenerationParams(max_new_tokens=64))
         ids = lm.tokenizer.encode(prompt)
+        result = session.generate(ids, GenerationParams(max_new_tokens=64))
         assert result.reused_tokens > 0 and result.prefill_tokens == len(ids) - result.reused_tokens
         assert result.token_ids == reference_greedy(ref, ids, eos), prompt
 

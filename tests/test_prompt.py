@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lsp_server.prompt import PromptWindow, cut_prompt, line_starts
+from lsp_server.prompt import MAX_CHARS_PER_TOKEN, PromptWindow, cut_prompt, line_starts, prompt_ids
 
 
 def count_words(text: str) -> int:
@@ -60,3 +60,18 @@ def test_real_tokenizer_budget(codegen_tokenizer):
     text = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(200))
     prompt, w = cut_prompt(text, 300, count)
     assert count(prompt) <= 300 - 300 // 4 and text[w.start - 1] == "\n" and text.endswith(prompt)
+
+
+def test_one_line_longer_than_the_look_back_is_cut_inside_not_to_nothing():
+    """No line start within budget * MAX_CHARS_PER_TOKEN characters: the cut falls inside the last line."""
+    text = "x" * (100 * MAX_CHARS_PER_TOKEN + 500)
+    prompt, w = cut_prompt(text, 100, count_words)
+    assert prompt == "x" * 75 and w.start == len(text) - 75  # 100 - 100 // 4: a quarter left free
+
+
+def test_prompt_ids_are_the_cut_prompt_encoded(codegen_tokenizer):
+    text = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(200))
+    ids, w = prompt_ids(text, codegen_tokenizer, 300)
+    assert ids == codegen_tokenizer.encode(text[w.start :]) and len(ids) <= 300 and w.start > 0
+    again, w2 = prompt_ids(text + "x", codegen_tokenizer, 300, w)  # the start stays: the cache is reused
+    assert w2 == w and again == codegen_tokenizer.encode(text[w.start :] + "x")

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from inference.generate import GenerationParams
+from lsp_server.prompt import prompt_ids
 from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
 from tests.checkpoints import CODEGEN_TOKENIZER_DIR
 from tests.fake_openai import FakeOpenAI
@@ -66,7 +67,7 @@ def test_request_and_streamed_answer(fake, monkeypatch):
     eng = engine_for(fake.url, apiKeyEnv="TEAM_KEY")
     assert eng.loaded.config.n_positions == 512  # the server's max_model_len
     params = GenerationParams(max_new_tokens=12, temperature=0.2, top_p=0.9, stop_patterns=["\n\n\n", "^#"])
-    r = eng.session("doc").generate(PROMPT, params)
+    r = eng.session("doc").generate(TOKENIZER.encode(PROMPT), params)
     body = fake.requests[-1]
     assert body["prompt"] == TOKENIZER.encode(PROMPT)  # the cut prompt, as token ids
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["stream"]) == (12, 0.2, 0.9, True)
@@ -76,13 +77,19 @@ def test_request_and_streamed_answer(fake, monkeypatch):
     assert r.prompt_tokens == len(body["prompt"]) and eng.state.up
 
 
-def test_max_tokens_and_long_prompt_cut_like_the_local_session(fake):
+def test_max_tokens_and_long_prompt_refused_like_the_local_session(fake):
     fake.max_model_len = 64
     eng = engine_for(fake.url)
     long_prompt = "".join(f"x{i} = {i}\n" for i in range(100))
-    r = eng.generate("doc", long_prompt, GenerationParams(max_new_tokens=8))
+    sent_before = len(fake.requests)
+    with pytest.raises(ValueError, match="at most 56"):  # the engine's rule: 64 - 8
+        eng.generate("doc", long_prompt, GenerationParams(max_new_tokens=8))
+    assert len(fake.requests) == sent_before  # nothing sent
+    ids, window = prompt_ids(long_prompt, TOKENIZER, eng.prompt_limit(8))  # the one cutter
+    r = eng.session("doc").generate(ids, GenerationParams(max_new_tokens=8))
     sent = fake.requests[-1]["prompt"]
-    assert r.truncated and len(sent) <= 64 - 8 and TOKENIZER.decode(sent).endswith("x99 = 99\n")
+    assert sent == ids and window.start > 0
+    assert len(sent) <= 64 - 8 and TOKENIZER.decode(sent).endswith("x99 = 99\n")
     assert r.stop_reason == "max_tokens" and len(r.token_ids) == 8
     assert r.text == TOKENIZER.decode(TOKENIZER.encode(ANSWER)[:8])
 

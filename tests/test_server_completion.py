@@ -33,8 +33,8 @@ def expected_completion(
     """The engine's greedy completion of the same prompt, trimmed as documented: the server's answer."""
     line_prefix = before[before.rfind("\n") + 1 :]
     patterns = postprocess.patterns_for(language, mode, line_prefix, overrides)
-    result = engine.session(f"ref-{uuid.uuid4()}").generate(
-        before, GenerationParams(max_new_tokens=max_new, stop_patterns=patterns)
+    result = engine.generate(
+        f"ref-{uuid.uuid4()}", before, GenerationParams(max_new_tokens=max_new, stop_patterns=patterns)
     )
     text, _ = postprocess.fit_suffix(postprocess.trim(result.text, patterns), line_suffix)
     return text
@@ -80,7 +80,7 @@ async def test_inline_completion_equals_engine_greedy_after_trimming(client, cod
 async def test_settings_change_is_validated_and_applied(own_server, codegen_engine):
     client = await own_server()
     before = "def hello(name):\n    "
-    raw = codegen_engine.session("raw").generate(before, GenerationParams(max_new_tokens=MAX_NEW)).text
+    raw = codegen_engine.generate("raw", before, GenerationParams(max_new_tokens=MAX_NEW)).text
     pattern = r"(?<=\w)[ \t]"  # a space after a word: cuts after the first word the model writes
     assert re.search(pattern, raw.rstrip()), raw
     settings = {"stopPatterns": {"python": [pattern]}, "maxNewTokens": -3, "completionMode": {"go": "line"}}
@@ -140,7 +140,7 @@ async def test_burst_of_keystrokes_supersedes_and_ends_like_a_single_request(cli
     assert len(answers) == 50 and all(a is not None for a in answers)
     st = await status(client)
     w = st["worker"]
-    assert w["max_running_per_key"] == 1 and w["max_running"] == 1
+    assert w["maxRunningPerKey"] == 1 and w["maxRunning"] == 1
     assert w["superseded"] >= 1 and st["completions"]["emptyReasons"].get("superseded", 0) >= 1
     assert w["started"] - started < 50  # superseded requests mostly never reach the model
     final_text = "def compute(values):\n    " + typed
@@ -256,7 +256,7 @@ async def test_clear_cache_and_close(client):
     open_doc(client, uri, "x = 1\n")
     await inline(client, uri, 1, 0)
     before = await status(client)
-    assert uri in before["models"][0]["engine"]["cached_tokens"]
+    assert uri in before["models"][0]["engine"]["cachedTokens"]
     assert await client.workspace_execute_command_async(
         types.ExecuteCommandParams(command="codegen.clearCache")
     )
@@ -264,4 +264,4 @@ async def test_clear_cache_and_close(client):
     st = await status(client)
     assert st["openDocuments"] == before["openDocuments"] - 1
     assert st["models"][0]["engine"]["sessions"] == before["models"][0]["engine"]["sessions"] - 1
-    assert st["models"][0]["engine"]["cached_sessions"] == 0
+    assert st["models"][0]["engine"]["cachedSessions"] == 0

@@ -45,8 +45,8 @@ def expected_completion(engine, before: str, language: str, mode: str) -> str:
     """The engine's greedy completion of the same prompt, trimmed as the server documents it."""
     line_prefix = before[before.rfind("\n") + 1 :]
     patterns = postprocess.patterns_for(language, mode, line_prefix)
-    result = engine.session(f"ref-{uuid.uuid4()}").generate(
-        before, GenerationParams(max_new_tokens=MAX_NEW, stop_patterns=patterns)
+    result = engine.generate(
+        f"ref-{uuid.uuid4()}", before, GenerationParams(max_new_tokens=MAX_NEW, stop_patterns=patterns)
     )
     return postprocess.trim(result.text, patterns)
 

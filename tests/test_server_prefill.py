@@ -85,4 +85,4 @@ async def test_prefill_never_evicts_another_documents_cache(start_server, codege
     st = await status(client)
     assert st["completions"]["prefillsOnOpen"] == 4
     (model,) = st["models"]
-    assert model["engine"]["cached_sessions"] == 4 and model["engine"]["evictions"] == 0
+    assert model["engine"]["cachedSessions"] == 4 and model["engine"]["evictions"] == 0

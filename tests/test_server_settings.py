@@ -83,10 +83,10 @@ async def test_cache_budget_resizes_the_engines_pool(raw, codegen_checkpoint):
         "context": {"triggerKind": 1},
     }
     await raw.call("textDocument/inlineCompletion", params)  # loads the model
-    assert (await raw.status())["models"][0]["engine"]["cache_budget_bytes"] == 512 << 20
+    assert (await raw.status())["models"][0]["engine"]["cacheBudgetBytes"] == 512 << 20
     raw.notify("workspace/didChangeConfiguration", {"settings": {"cacheBudgetMb": 4}})
     await raw.call("textDocument/inlineCompletion", params)  # runs after the resize on the inference thread
-    assert (await raw.status())["models"][0]["engine"]["cache_budget_bytes"] == 4 << 20
+    assert (await raw.status())["models"][0]["engine"]["cacheBudgetBytes"] == 4 << 20
 
 
 async def test_the_smallest_context_window_still_completes(raw, codegen_checkpoint):

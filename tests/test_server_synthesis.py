@@ -335,9 +335,9 @@ async def test_idle_conversations_expire(client):
         started = await run(client, "codegen.synthesis.start", {"maxNewTokensPerTurn": MAX_NEW})
         key = f"synthesis:{started['id']}"
         await run(client, "codegen.synthesis.turn", {"id": started["id"], "prompt": TURNS[0]})
-        assert key in (await status(client))["models"][0]["engine"]["cached_tokens"]
+        assert key in (await status(client))["models"][0]["engine"]["cachedTokens"]
         await asyncio.sleep(1.0)  # the idle check frees it without any request
-        assert key not in (await status(client))["models"][0]["engine"]["cached_tokens"]
+        assert key not in (await status(client))["models"][0]["engine"]["cachedTokens"]
         with pytest.raises(JsonRpcException, match=r"expired after 0.3 s idle"):
             await run(client, "codegen.synthesis.turn", {"id": started["id"], "prompt": TURNS[1]})
     finally:

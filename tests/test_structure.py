@@ -1,12 +1,17 @@
-"""The code's shape: no import cycle among the project's modules."""
+"""The code's shape: no import cycle among the project's modules, no function over 60 lines."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lsp_server", "inference", "tokenizer")
+MAX_FUNCTION_LINES = 60
+DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 def modules() -> dict[str, Path]:
@@ -84,3 +89,57 @@ def test_the_graph_sees_the_project_imports():
 
 def test_no_import_cycle():
     assert find_cycle(import_graph()) is None
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`file:line name (n lines)` for each function or method longer than `limit` lines."""
+    out = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                n = node.end_lineno - first + 1
+                if n > limit:
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+@pytest.mark.parametrize("limit", [MAX_FUNCTION_LINES])
+def test_functions_are_short(limit):
+    assert long_functions(limit) == []
+
+
+def test_the_length_check_counts_decorators_and_bodies():
+    found = long_functions(20)  # the project has functions over 20 lines: the check must see them
+    assert found and all(int(f.rsplit("(", 1)[1].split()[0]) > 20 for f in found)
+
+
+def walk_rows() -> list[tuple[str, list[tuple[str, int | None]]]]:
+    """(file, [(function, row of its file or None)]) of each row of ARCHITECTURE.md's keystroke walk."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text.split("## One keystroke, file by file", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            calls = re.findall(r"`([A-Za-z_][\w.]*)`(?: \((\d)\))?", cells[2])
+            rows.append(
+                (cells[1].strip("`"), [(n.rpartition(".")[2], int(k) if k else None) for n, k in calls])
+            )
+    return rows
+
+
+def defined_in(file: str) -> set[str]:
+    tree = ast.parse((ROOT / file).read_text(encoding="utf-8"))
+    return {n.name for n in ast.walk(tree) if isinstance(n, DEFINITIONS)}
+
+
+def test_the_keystroke_walk_matches_the_code():
+    rows = walk_rows()
+    assert 5 <= len(rows) <= 8, [f for f, _ in rows]
+    files = [f for f, _ in rows]
+    for file, calls in rows:
+        assert calls, file
+        for name, row in calls:  # defined in its row's file, or in the file of the row it names
+            where = files[row - 1] if row else file
+            assert name in defined_in(where), f"{name} is not defined in {where}"

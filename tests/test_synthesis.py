@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -250,12 +251,11 @@ def test_program_equals_from_scratch_generation_turn_by_turn(engine, loaded, cas
     patterns = (
         syn.MTPB_PATTERNS if language == "python" else ("^//", r"^/\*", re.escape("<|endoftext|>"), "\n\n\n")
     )
-    params = greedy()
-    params.stop_patterns = patterns
+    params = dataclasses.replace(greedy(), stop_patterns=patterns)
     for turn in result["turns"]:
         prompt = history + f"{prefix}{turn['prompt']}\n"
         fresh = Engine(loaded, cache_budget_bytes=64 * 2**20).session("scratch")
-        scratch = fresh.generate(prompt, params)
+        scratch = fresh.generate(loaded.tokenizer.encode(prompt), params)
         assert scratch.prefill_tokens == scratch.prompt_tokens == len(loaded.tokenizer.encode(prompt))
         assert turn["promptTokens"] == scratch.prompt_tokens
         if language == "python":
