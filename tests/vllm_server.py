@@ -8,8 +8,10 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE = Path(os.environ.get("CODEGEN_LSP_CI_CACHE", Path.home() / ".cache" / "codegen-lsp-ci"))
@@ -55,6 +57,7 @@ class VLLMServer:
         cmd += ["--dtype", "float32", "--max-model-len", str(self.max_model_len), "--enable-prefix-caching"]
         cmd += self.extra_args
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+        env["PYTHONUNBUFFERED"] = "1"  # the log is read while the server runs (log_count)
         env.pop("PYTHONPATH", None)
         t0 = time.monotonic()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
@@ -87,6 +90,54 @@ class VLLMServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def engine_pids(self) -> list[int]:
+        """The engine core's processes: the server's process group less the API server itself."""
+        assert self.proc is not None and self.proc.poll() is None, "the server is not running"
+        pids = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == self.proc.pid:
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) == self.proc.pid:  # field 5: the process group
+                pids.append(int(d.name))
+        return pids
+
+    @contextmanager
+    def engine_paused(self):
+        """The engine core stopped (SIGSTOP) while the API server still answers: nothing is generated."""
+        pids = self.engine_pids()
+        assert pids, "no engine core process in the server's process group"
+        _signal(pids, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            _signal(pids, signal.SIGCONT)
+
+    @contextmanager
+    def engine_slowed(self, run_s: float = 0.005, period_s: float = 0.05):
+        """The engine core running `run_s` of every `period_s` (SIGCONT, then SIGSTOP): ~10x slower."""
+        pids, done = self.engine_pids(), threading.Event()
+        assert pids, "no engine core process in the server's process group"
+
+        def cycle():
+            while not done.is_set():
+                _signal(pids, signal.SIGCONT)
+                time.sleep(run_s)
+                _signal(pids, signal.SIGSTOP)
+                done.wait(period_s - run_s)
+
+        thread = threading.Thread(target=cycle, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+            _signal(pids, signal.SIGCONT)
+
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus counters and gauges of this model, as {name{labels}: value}."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
@@ -99,8 +150,18 @@ class VLLMServer:
                 out[key.replace("{}", "")] = float(value)
         return out
 
+    def log_count(self, pattern: str) -> int:
+        """Lines of the server's log that match the regex `pattern`."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+        return len(re.findall(pattern, text, re.MULTILINE))
+
     def log_tail(self, n: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        os.kill(pid, sig)
