@@ -35,6 +35,7 @@ USE_BAG_GEMV = fbgemm_cpu()
 BAG_ROW, MIN_BAG_ROW = 256, 64
 
 
+@functools.cache  # called by every one-row product
 def bag_row(out: int) -> int | None:
     """The bag row length for `out` outputs: its largest divisor <= BAG_ROW, None below MIN_BAG_ROW."""
     r = next(d for d in range(min(out, BAG_ROW), 0, -1) if out % d == 0)
