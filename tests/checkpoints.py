@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# the real tokenizers and model documentation: ../shared beside the checkout, or $CODEGEN_LSP_SHARED
+SHARED = Path(os.environ.get("CODEGEN_LSP_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+SHARED_DATA = SHARED / "data"
 CODEGEN_TOKENIZER_DIR = SHARED_DATA / "codegen-350M-mono-tokenizer"
 NEOX_JA_TOKENIZER_DIR = SHARED_DATA / "gpt-neox-japanese-tokenizer"
 CODEGEN_TOKENIZER_FILES = (

@@ -12,11 +12,26 @@ import pytest_asyncio
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from tests.checkpoints import CODEGEN_TOKENIZER_DIR, make_codegen_checkpoint
+from tests.checkpoints import (
+    CODEGEN_TOKENIZER_DIR,
+    NEOX_JA_TOKENIZER_DIR,
+    SHARED_DATA,
+    make_codegen_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_COMMAND = [sys.executable, "-m", "lsp_server", "serve"]
 TINY = dict(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, n_positions=256)
+
+
+def pytest_sessionstart(session) -> None:
+    """Stop at once, saying why, when the real tokenizer files the tests read are not there."""
+    missing = [d for d in (CODEGEN_TOKENIZER_DIR, NEOX_JA_TOKENIZER_DIR) if not d.is_dir()]
+    if missing:
+        raise pytest.UsageError(
+            f"the real tokenizer files are missing ({', '.join(map(str, missing))}): the tests read "
+            f"{SHARED_DATA}, shared/data beside the checkout; CODEGEN_LSP_SHARED=DIR reads DIR/data instead"
+        )
 
 
 @pytest.fixture(scope="session")
