@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from lsprotocol import types
 
+from tests.checkpoints import make_codegen_checkpoint
 from tests.conftest import change, inline, open_doc, status
 
 OPTIONS = {
@@ -55,18 +56,34 @@ async def test_the_answer_after_acceptance_is_the_prefetched_one_and_equals_a_fr
     assert st_ahead["completions"]["prefetch"]["hits"] == 2
 
 
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory):
+    """A model whose 120-token prefetch outlasts a keystroke's trip: a step reads 4 x 12 x 512^2 + 512 x
+    51,200 floats (155 MB), so 120 steps take >= 0.2 s even at 90 GB/s, where the tiny model's took ~0.05 s
+    (a loaded machine sent the keystroke after that prefetch had finished)."""
+    return make_codegen_checkpoint(
+        tmp_path_factory.mktemp("codegen-slow"),
+        n_layer=4,
+        n_embd=512,
+        n_head=8,
+        rotary_dim=16,
+        n_positions=256,
+    )
+
+
 @pytest.mark.asyncio
-async def test_a_keystroke_off_the_path_stops_the_prefetch(start_server, codegen_checkpoint):
-    model = {"model": str(codegen_checkpoint), **OPTIONS, "maxNewTokens": 120}
+async def test_a_keystroke_off_the_path_stops_the_prefetch(start_server, slow_checkpoint):
+    model = {"model": str(slow_checkpoint), **OPTIONS, "maxNewTokens": 120}
     fresh = await start_server({**model, "prefetch": False})
     ahead = await start_server(model)
-    answers = []
+    answers, on_edit = [], []
     for client in (fresh, ahead):
         uri = "file:///keys.py"
         open_doc(client, uri, TEXT)
         first = text_of(await inline(client, uri, 1, 11, automatic=False))
         # The user types something else than the suggestion while its continuation is being computed.
         change(client, uri, 2, (1, 11), (1, 11), "b *")
+        on_edit.append((await status(client))["completions"]["prefetch"])  # the edit alone, no request yet
         answers.append((first, text_of(await inline(client, uri, 1, 14, automatic=False))))
         st = await status(client)
         answers.append(st["completions"])
@@ -74,6 +91,7 @@ async def test_a_keystroke_off_the_path_stops_the_prefetch(start_server, codegen
     assert (first_a, second_a) == (first_f, second_f)
     assert comp_f["modelCalls"] == comp_a["modelCalls"] == 2
     assert comp_a["prefetch"]["hits"] == 0 and comp_a["prefetch"]["stopped"] >= 1
+    assert on_edit[0]["stopped"] == 0 and on_edit[1]["stopped"] == 1  # the keystroke stopped it
 
 
 @pytest.mark.asyncio
