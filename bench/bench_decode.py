@@ -1,7 +1,8 @@
 """Decode near the byte floor on small models, and the latency budget, float32 vs int8, same run.
 
 1. A random 8-layer, 512-wide CodeGen (vocabulary 51,200) at 1,110 cached positions and the built-in model
-   at 300: engine decode ms/step (wall and process CPU time) against (weight + KV bytes read per step) /
+   at 300: engine decode ms/step (wall and process CPU time) against (weight + KV bytes read per step, the
+   KV in the engine's dtype: float16 under int8) /
    (the best bandwidth measured in this run: matrix-vector kernels and a plain read), float32 and int8.
 2. maxLatencyMs: the built-in model completes 20 keystrokes of real code (64 new tokens, no stop pattern)
    with and without a budget; p95 of a completion's time against the budget plus one line's decode.
@@ -32,7 +33,7 @@ from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
 from inference.engine import Engine  # noqa: E402
 from inference.generate import GenerationParams, line_end_after  # noqa: E402
-from inference.kv_cache import KVCache  # noqa: E402
+from inference.kv_cache import KVCache, kv_cache_dtype  # noqa: E402
 from inference.loader import load_model  # noqa: E402
 from lsp_server.prompt import prompt_ids  # noqa: E402
 
@@ -48,12 +49,18 @@ def random_codegen(shape: dict) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def kv_dtype(model) -> torch.dtype:
+    """The KV cache dtype the engine gives `model` (float16 under int8 weights)."""
+    return kv_cache_dtype("int8" if quant.int8_bytes(model) else torch.float32, "cpu")
+
+
 @torch.inference_mode()
 def step_ms(model, positions: int, steps: int) -> tuple[float, float]:
     """Median wall and CPU ms of one decode step at `positions` cached tokens (after a prefill)."""
     c = model.config
     assert positions + steps <= c.n_positions
-    cache = KVCache(c.n_layer, c.n_head, c.head_dim, c.n_positions)  # the engine's: the whole window
+    # the engine's: the whole window, in the engine's dtype
+    cache = KVCache(c.n_layer, c.n_head, c.head_dim, c.n_positions, dtype=kv_dtype(model))
     pos = torch.arange(c.n_positions)
     model(torch.randint(0, c.vocab_size, (1, positions)), pos[:positions], cache, last_only=True)
     idx = torch.tensor([[5]])
@@ -76,7 +83,8 @@ def floors(models: dict, positions: dict, steps: int, bws: dict) -> None:
     for name, model in models.items():
         c = model.config
         P = positions[name.split()[0]]
-        nbytes = decode_weight_bytes(model) + 2 * c.n_layer * P * c.n_head * c.head_dim * 4
+        kv = 2 * c.n_layer * P * c.n_head * c.head_dim * kv_dtype(model).itemsize
+        nbytes = decode_weight_bytes(model) + kv
         wall, cpu = step_ms(model, P, steps)
         floor, floor_cpu = nbytes / bw * 1e3, nbytes / bw_cpu * 1e3
         print(

@@ -3,9 +3,10 @@
 A random-weight model with codegen-350M-mono's exact shape, the real tokenizer, a real CPython stdlib
 source file as context (~1000 tokens before the cursor); the next 20 characters are typed one keystroke at
 a time and each keystroke asks for a 16-token greedy completion, from the engine in int8 and in float32
-and from transformers in float32. Also: decode ms/token against a floor of (weight + KV bytes read per
-token) / (the best bandwidth measured in this run: matrix-vector kernels and a plain read), and a cold
-prompt (nothing cached).
+and from transformers in float32; the two engines type in turns, keystroke by keystroke. Also: decode
+ms/token against a floor of (weight + KV bytes read per token, the KV in the engine's cache dtype: float16
+under int8) / (the best bandwidth measured in this run: matrix-vector kernels and a plain read), and a
+cold prompt (nothing cached).
 
     python bench/bench_keystroke.py [--keystrokes 20] [--new-tokens 16] [--context-tokens 1000] [--threads N]
 """
@@ -159,9 +160,10 @@ def measure_bandwidths(when: str) -> dict:
     return bws
 
 
-def kv_read_bytes(config, positions: int) -> int:
-    """Bytes of float32 keys and values a decode step's attention reads at `positions` cached tokens."""
-    return 2 * config.n_layer * positions * config.n_embd * 4
+def kv_read_bytes(loaded, positions: int) -> int:
+    """Bytes of keys and values (in the engine's cache dtype) a decode step's attention reads."""
+    config = loaded.config
+    return 2 * config.n_layer * positions * config.n_embd * loaded.kv_dtype.itemsize
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -170,23 +172,30 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-def engine_keystrokes(loaded, before: str, prompts: list[str], params) -> dict:
-    """Open the document (its cold prefill is not a keystroke), type, then a cold prompt in a new engine."""
-    engine = Engine(loaded)
-    engine.generate("doc", before, params)
-    out = {k: [] for k in ("wall", "cpu", "dec", "dec_cpu", "prefills", "ids")}
-    for p in prompts:
-        c = time.process_time()
-        r = engine.generate("doc", p, params)
-        out["cpu"].append((time.process_time() - c) * 1e3)
-        out["wall"].append(r.total_ms)
-        out["prefills"].append(r.prefill_tokens)
-        out["ids"].append(r.token_ids)
-        if r.decode_steps:
-            out["dec"].append(r.decode_ms / r.decode_steps)
-            out["dec_cpu"].append(r.extra["decode_cpu_ms"] / r.decode_steps)
-    out["cold"] = Engine(loaded).generate("cold", prompts[-1], params)
-    return out
+def engine_keystrokes(models: dict, before: str, prompts: list[str], params) -> dict:
+    """Each engine opens the document (its cold prefill is not a keystroke), then they type in turns.
+
+    Keystroke k runs on every engine before k + 1 does (the first engine alternates), so a drift in the
+    machine's memory bandwidth during the run lands on all of them alike; then a cold prompt each.
+    """
+    engines = {name: Engine(loaded) for name, loaded in models.items()}
+    runs = {name: {k: [] for k in ("wall", "cpu", "dec", "dec_cpu", "prefills", "ids")} for name in models}
+    for engine in engines.values():
+        engine.generate("doc", before, params)
+    for k, p in enumerate(prompts):
+        for name in list(engines)[:: 1 if k % 2 == 0 else -1]:
+            out, c = runs[name], time.process_time()
+            r = engines[name].generate("doc", p, params)
+            out["cpu"].append((time.process_time() - c) * 1e3)
+            out["wall"].append(r.total_ms)
+            out["prefills"].append(r.prefill_tokens)
+            out["ids"].append(r.token_ids)
+            if r.decode_steps:
+                out["dec"].append(r.decode_ms / r.decode_steps)
+                out["dec_cpu"].append(r.extra["decode_cpu_ms"] / r.decode_steps)
+    for name, loaded in models.items():
+        runs[name]["cold"] = Engine(loaded).generate("cold", prompts[-1], params)
+    return runs
 
 
 def print_engine(name: str, run: dict, wbytes: int, kv_bytes: int, bws: dict) -> None:
@@ -257,15 +266,15 @@ def main() -> None:
     if args.no_onednn:
         ops.USE_ONEDNN = False
         print("engine runs without oneDNN (--no-onednn)")
-    runs = {"engine int8": engine_keystrokes(int8, before, prompts, params)} if int8 else {}
-    runs["engine fp32"] = engine_keystrokes(loaded, before, prompts, params)
+    models = {"engine int8": int8} if int8 else {}
+    runs = engine_keystrokes({**models, "engine fp32": loaded}, before, prompts, params)
     # The VM's memory bandwidth drifts with its neighbours: measure again and keep the best (the lower floor).
     after = measure_bandwidths("after them")
     bws = {name: tuple(map(max, bws[name], after[name])) for name in bws}
-    kv_bytes = kv_read_bytes(loaded.config, runs["engine fp32"]["cold"].prompt_tokens)
+    positions = runs["engine fp32"]["cold"].prompt_tokens
     for name, run in runs.items():
-        model = int8.model if name.endswith("int8") else loaded.model
-        print_engine(name, run, decode_weight_bytes(model), kv_bytes, bws)
+        lm = int8 if name.endswith("int8") else loaded
+        print_engine(name, run, decode_weight_bytes(lm.model), kv_read_bytes(lm, positions), bws)
     base = runs["engine fp32"]
     if int8:
         q = runs["engine int8"]

@@ -35,8 +35,8 @@ class Engine:
         shape = (cfg.n_layer, cfg.n_head, cfg.head_dim, self.capacity)
         self.pool = CachePool(
             cache_budget_bytes,
-            factory=lambda: KVCache(*shape, batch=1, device=loaded.device, dtype=loaded.dtype),
-            cache_nbytes=kv_cache_nbytes(*shape, batch=1, dtype=loaded.dtype, device=loaded.device),
+            factory=lambda: KVCache(*shape, batch=1, device=loaded.device, dtype=loaded.kv_dtype),
+            cache_nbytes=kv_cache_nbytes(*shape, batch=1, dtype=loaded.kv_dtype, device=loaded.device),
         )
         self.sessions: OrderedDict[Hashable, Session] = OrderedDict()
         self._lock = threading.RLock()
@@ -110,6 +110,7 @@ class Engine:
             "device": str(lm.device),
             "dtype": lm.precision,
             "dtype_reason": lm.why,
+            "kv_dtype": str(lm.kv_dtype).removeprefix("torch."),
             "context_window": self.capacity,
             "sessions": len(sessions),
             "cached_sessions": len(self.pool),

@@ -15,6 +15,7 @@ from torch import nn
 from inference import hub, ops, quant, registry
 from inference.config import ModelConfig, read_config_json
 from inference.errors import ModelLoadError
+from inference.kv_cache import kv_cache_dtype
 from inference.precision import auto_precision
 from inference.weights import WeightSource, open_weights
 from tokenizer import Tokenizer, TokenizerError, load_tokenizer
@@ -44,7 +45,7 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Tokenizer
     device: torch.device
-    dtype: torch.dtype  # activations and KV cache
+    dtype: torch.dtype  # activations (and the KV cache but under int8: kv_dtype)
     notice: str | None = None  # one-line message to show once (e.g. fell back to the built-in model)
     weights: str = ""  # "int8" when the linear weights are quantized, else the same as dtype
     why: str = ""  # why this precision, when dtype was 'auto'
@@ -53,6 +54,11 @@ class LoadedModel:
     def precision(self) -> str:
         """What the weights are held in: 'int8', 'float32', 'bfloat16', 'float16'."""
         return self.weights or str(self.dtype).removeprefix("torch.")
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's dtype: float16 under int8 weights (see kv_cache.KV_FLOAT16), else dtype."""
+        return kv_cache_dtype(self.weights or self.dtype, self.device)
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:

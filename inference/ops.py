@@ -134,8 +134,8 @@ def cached_attention(
     if start == 0:  # nothing cached before: the new keys and values are all there is
         cache.write(layer, 0, k, v)
         return attention(q, k, v, 0)
-    k, v = cache.update(layer, start, k, v)  # k, v: [B, H, start+T, D]
-    return attention(q, k, v, start)
+    k, v = cache.update(layer, start, k, v)  # k, v: [B, H, start+T, D], the cache's dtype
+    return attention(q, k.to(q.dtype), v.to(q.dtype), start)
 
 
 def bag_attention(q: Tensor, cache: KVCache, layer: int, S: int) -> Tensor:
@@ -150,12 +150,13 @@ def bag_attention(q: Tensor, cache: KVCache, layer: int, S: int) -> Tensor:
     k_rows, v_rows = cache.bag_weights(layer)
     (k_idx, k_off), (v_idx, v_off) = cache.bag_indices(T, S)  # bags: B*H*T*n of D rows, B*H*T of S rows
     n = k_off.shape[0] // (B * H * T)
-    qw = torch.mul(q.unsqueeze(3).expand(B, H, T, n, D), D**-0.5).reshape(-1)  # each bag's row weights
-    scores = bag_sums(k_rows, k_idx, k_off, qw).view(B, H, T, -1)[..., :S]  # [B, H, T, S]
+    qw = q.new_empty(B, H, T, n, D, dtype=k_rows.dtype)  # each bag's row weights, the cache's dtype
+    torch.mul(q.unsqueeze(3).expand(B, H, T, n, D), D**-0.5, out=qw)
+    scores = bag_sums(k_rows, k_idx, k_off, qw.view(-1)).view(B, H, T, -1)[..., :S]  # [B, H, T, S]
     if T > 1:
         scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
-    p = scores.softmax(dim=-1).view(-1)  # [B*H*T*S]
-    return bag_sums(v_rows, v_idx, v_off, p).view(B, H, T, D)
+    p = scores.softmax(dim=-1, dtype=torch.float32).to(v_rows.dtype).view(-1)  # [B*H*T*S]
+    return bag_sums(v_rows, v_idx, v_off, p).view(B, H, T, D).to(q.dtype)
 
 
 def bag_sums(rows: Tensor, idx: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:

@@ -151,7 +151,7 @@ TABLE: tuple[Option, ...] = (
         "dtype",
         str,
         "auto",
-        "weights; `int8` (CPU): int8 weights, float32 activations; `auto`: int8 on an x86 CPU with VNNI "
+        "weights; `int8` (CPU): int8 weights, float32 activations, float16 KV cache; `auto`: int8 on an x86 CPU with VNNI "
         "for CodeGen models, else float32 on CPU, bf16/fp16 on GPU (`codegen.status`: dtype, dtypeReason)",
         choices=DTYPES,
     ),

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference import quant
+from inference import ops, quant
 from inference.engine import Engine
 from inference.errors import ModelLoadError
 from inference.generate import GenerationParams
@@ -48,15 +48,26 @@ def heldout_windows(tok, n: int, positions: int) -> tuple[torch.Tensor, torch.Te
     return torch.tensor([w[:-1] for w in windows]), torch.tensor([w[1:] for w in windows])
 
 
+def cached_forward(lm, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Logits of x [B, T] fed `chunk` tokens at a time through a KV cache in the engine's dtype."""
+    cfg, T = lm.config, x.shape[1]
+    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, T, batch=x.shape[0], dtype=lm.kv_dtype)
+    steps = [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
+    return torch.cat([lm.model(x[:, a:b], torch.arange(a, b), cache) for a, b in steps], dim=1)
+
+
 def test_builtin_int8_agrees_with_float32_on_heldout_code(builtin_pair, monkeypatch):
-    """>= 98 % next-token top-1 agreement over >= 5,000 held-out positions, loss within 1 % (relative)."""
+    """>= 98 % next-token top-1 agreement over >= 5,000 held-out positions, loss within 1 % (relative).
+
+    int8 runs as the engine decodes: its float16 KV cache, read a few queries at a time (bag_attention).
+    """
     f32, q8 = builtin_pair
     if quant.reduce_range():
         pytest.skip("7-bit activations on this CPU (no VNNI): int8 is not offered by dtype auto here")
     x, y = heldout_windows(f32.tokenizer, f32.config.n_positions, 5_376)  # 14 windows of 384
-    assert y.numel() >= 5_000
+    assert y.numel() >= 5_000 and q8.kv_dtype == torch.float16
     with torch.inference_mode():
-        a, b = f32.model(x), q8.model(x)
+        a, b = f32.model(x), cached_forward(q8, x, ops.SMALL_ATTENTION_MAX_T)
     agreement = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     loss_a = F.cross_entropy(a.flatten(0, 1), y.flatten()).item()
     loss_b = F.cross_entropy(b.flatten(0, 1), y.flatten()).item()
@@ -111,7 +122,7 @@ def check_every_product(path: Path, ids: torch.Tensor, monkeypatch) -> int:
 
     monkeypatch.setattr(quant.Int8Weight, "__call__", checked_call)
     cfg, T = q8.config, ids.shape[1]
-    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, T, batch=ids.shape[0])
+    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, T, batch=ids.shape[0], dtype=q8.kv_dtype)
     with torch.inference_mode():
         logits = q8.model(ids[:, :-3], torch.arange(T - 3), cache)  # prefill: many-row products
         for t in range(T - 3, T):  # decode: one-row products over the cache
@@ -145,6 +156,18 @@ def test_int8_holds_no_float_copy_of_the_linear_weights(tmp_path):
     }
     assert lm.precision == "int8" and lm.dtype == torch.float32
     assert Engine(lm).stats()["dtype"] == "int8"
+
+
+def test_int8_engine_keeps_a_float16_cache_of_half_the_bytes(tmp_path):
+    """The engine's KV cache under int8 is float16 (fbgemm reads its rows): half float32's bytes a session."""
+    path = make_codegen_checkpoint(tmp_path, n_layer=2, n_embd=64, n_head=4, rotary_dim=8)
+    stats = {}
+    for dtype in ("float32", "int8"):
+        engine = Engine(load_model(str(path), dtype=dtype))
+        engine.generate("a.py", "def add(a, b):\n", GenerationParams(max_new_tokens=4))
+        stats[dtype] = engine.stats()
+    assert (stats["float32"]["kv_dtype"], stats["int8"]["kv_dtype"]) == ("float32", "float16")
+    assert stats["int8"]["cache_bytes"] * 2 == stats["float32"]["cache_bytes"] > 0
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import ops
-from inference.kv_cache import BLOCK, LAYOUTS, KVCache, kv_cache_nbytes
+from inference.kv_cache import BLOCK, LAYOUTS, KVCache, kv_cache_dtype, kv_cache_nbytes
 
 ONEDNN = pytest.mark.skipif(not ops.USE_ONEDNN, reason="this torch build has no oneDNN")
 
@@ -139,6 +139,69 @@ def test_cached_attention_matches_float64(monkeypatch, layout, T):
     want = exact_attention(q[:, :, S - T :], k, v)
     # attention_bound is for two float32 evaluations; one against the exact value is within half of it.
     assert ((got.double() - want).abs() <= attention_bound(q[:, :, S - T :], k, v) / 2).all()
+
+
+U16 = 2.0**-11  # unit roundoff of float16
+TINY16 = 2.0**-25  # half the smallest float16 subnormal: the absolute rounding error near zero
+
+
+def float16_cache_bound(q, k, v) -> torch.Tensor:
+    """Elementwise bound on |attention over a float16 cache - exact| for q [B, H, T, D], k, v [B, H, S, D].
+
+    Rounding to float16 is within U16 |x| + TINY16. bag_attention rounds the keys and values (stored),
+    the query's weights q / sqrt(D) (D = 16: the scale is exact), each score and each probability once,
+    and the output once; fbgemm sums in float32 and the softmax runs in float32. A score
+    s = sum_d (q_d / 4) k_d, with A = sum_d |q_d / 4| |k_d|, is then off by at most
+        E = (2 U16 + gamma_D) A + U16 |s| + TINY16 (sum_d |q_d| / 4 + sum_d |k_d| + D + 1).
+    Shifting each score by at most E_max scales each p_s by at most exp(2 E_max) (the normalisation moves
+    the other way), the float32 softmax adds gamma_{S+3} and the rounding of p U16, so
+    |p~_s - p_s| <= r p_s + TINY16, r = exp(2 E_max) - 1 + gamma_{S+3} + U16. The output sums S terms
+    p~_s v~_s: |y~ - y| <= (r + U16 + gamma_S) M + 2 TINY16 sum_s |v_s| + U16 |y| + TINY16, with
+    M = sum_s p_s |v_s|. Products of two of these relative terms (below 1e-3 of their sum here) are
+    covered by the factor 1.01.
+    """
+    T, S, D = q.shape[2], k.shape[2], q.shape[3]
+    qd, kd, vd = q.double() / D**0.5, k.double(), v.double()
+    visible = torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)
+    A = qd.abs() @ kd.abs().transpose(-1, -2)  # [B, H, T, S]
+    s = qd @ kd.transpose(-1, -2)
+    tiny = TINY16 * (qd.abs().sum(-1, keepdim=True) + kd.abs().sum(-1)[..., None, :] + D + 1)
+    E = (2 * U16 + gamma(D)) * A + U16 * s.abs() + tiny
+    E_max = E.masked_fill(~visible, 0).amax(-1, keepdim=True)  # [B, H, T, 1]
+    r = torch.expm1(2 * E_max) + gamma(S + 3) + U16
+    p = s.masked_fill(~visible, float("-inf")).softmax(-1)
+    M, y = p @ vd.abs(), p @ vd  # [B, H, T, D]
+    v_sum = vd.abs().sum(2, keepdim=True)  # [B, H, 1, D]
+    return 1.01 * ((r + U16 + gamma(S)) * M + 2 * TINY16 * v_sum + U16 * y.abs() + TINY16)
+
+
+@pytest.mark.skipif(kv_cache_dtype("int8", "cpu") != torch.float16, reason="no int8 (fbgemm) on this CPU")
+@pytest.mark.parametrize("T", [1, 3, ops.SMALL_ATTENTION_MAX_T, ops.SMALL_ATTENTION_MAX_T + 1], ids=str)
+def test_float16_cache_attention_within_its_rounding_bound(monkeypatch, T):
+    """int8 models' cache: written chunk by chunk across key blocks, read back by embedding_bag in
+    float16 (a few queries) or cast to float32 for scaled_dot_product_attention (more)."""
+    B, H, D, S = 2, 4, 16, 130
+    g = torch.Generator().manual_seed(100 + T)
+    cache = KVCache(1, H, D, 160, batch=B, dtype=kv_cache_dtype("int8", "cpu"))
+    assert cache.k.dtype == cache.v.dtype == torch.float16 and cache.layout == "blocked"
+    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    bags = []
+    real = torch.embedding_bag
+    monkeypatch.setattr(ops.torch, "embedding_bag", lambda *a: bags.append(a[0].dtype) or real(*a))
+    with torch.inference_mode():
+        for a, b in [(0, 70), (70, S - T), (S - T, S)]:
+            got = ops.cached_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], a, cache, 0)
+    assert got.dtype == torch.float32
+    assert bags == ([torch.float16] * 2 if T <= ops.SMALL_ATTENTION_MAX_T else [])
+    want = exact_attention(q[:, :, S - T :], k, v)
+    err, bound = (got.double() - want).abs(), float16_cache_bound(q[:, :, S - T :], k, v)
+    assert (err <= bound).all(), f"error {(err / bound).max():.3g} of its bound"
+    f32 = KVCache(1, H, D, 160, batch=B)
+    with torch.inference_mode():
+        for a, b in [(0, S - T), (S - T, S)]:
+            got32 = ops.cached_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], a, f32, 0)
+    # float16's unit roundoff is 2^13 float32's: its error is far above a float32 cache's
+    assert err.max() > 16 * (got32.double() - want).abs().max()
 
 
 @pytest.mark.parametrize("capacity", [64, 150])
