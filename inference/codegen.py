@@ -85,12 +85,8 @@ class Block(nn.Module):
         B, T, E = a.shape
         H, D = self.n_head, self.head_dim
         if self.fused:
-            h = linear(a, self.w_in, self.b_in)  # h: [B, T, 3E + I]
-            return (
-                h[..., : 2 * E].view(B, T, 2 * H, D),
-                h[..., 2 * E : 3 * E].view(B, T, H, D),
-                h[..., 3 * E :],
-            )
+            qk, v, m = linear(a, self.w_in, self.b_in).split((2 * E, E, self.inner), dim=-1)
+            return qk.view(B, T, 2 * H, D), v.view(B, T, H, D), m
         qkv = self.qkv_proj(a).view(B, T, MP_NUM, 3, E // MP_NUM)
         q, v, k = qkv.unbind(3)  # each [B, T, 4, E/4]; heads ordered (shard, head-in-shard)
         qk = torch.cat((q.reshape(B, T, H, D), k.reshape(B, T, H, D)), dim=2)

@@ -65,6 +65,8 @@ class KVCache:
         self.k = torch.zeros(k_shape, device=device, dtype=dtype)
         self.v = torch.zeros(v_shape, device=device, dtype=dtype)
         self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))  # per-layer views
+        if self.layout == "blocked":  # each layer's rows as ops.bag_attention reads them
+            self._rows = [(k.view(-1, BLOCK), v.view(-1, head_dim)) for k, v in self._layers]
         self._bag_key, self._bag_indices, self._key_bags, self._value_rows = None, None, (None, None), None
 
     @property
@@ -111,8 +113,7 @@ class KVCache:
 
     def bag_weights(self, layer: int) -> tuple[Tensor, Tensor]:
         """A blocked layer's keys as rows [B*H*NB*D, BLOCK] and values as rows [B*H*capacity, D]."""
-        k_all, v_all = self._layers[layer]
-        return k_all.view(-1, BLOCK), v_all.view(-1, v_all.shape[-1])
+        return self._rows[layer]
 
     def bag_indices(self, T: int, S: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """(indices, offsets) of the rows each bag of ops.bag_attention sums, for T queries over S positions.

@@ -151,8 +151,9 @@ TABLE: tuple[Option, ...] = (
         "dtype",
         str,
         "auto",
-        "weights; `int8` (CPU): int8 weights, float32 activations, float16 KV cache; `auto`: int8 on an x86 CPU with VNNI "
-        "for CodeGen models, else float32 on CPU, bf16/fp16 on GPU (`codegen.status`: dtype, dtypeReason)",
+        "weights; `int8` (CPU): int8 weights, float32 activations, float16 KV cache; `auto`: int8 on an "
+        "x86 CPU with VNNI for CodeGen models, else float32 on CPU, bf16/fp16 on GPU (`codegen.status`: "
+        "dtype, dtypeReason)",
         choices=DTYPES,
     ),
     Option("maxNewTokens", int, 64, "new-token budget of one completion", lo=1, hi=2048),

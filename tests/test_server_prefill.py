@@ -73,7 +73,7 @@ async def test_an_empty_document_is_not_prefilled(start_server, codegen_checkpoi
 
 
 async def test_prefill_never_evicts_another_documents_cache(start_server, codegen_checkpoint):
-    """1 MiB holds four float32 caches of the tiny model (256 KiB each): the fifth document is not prefilled."""
+    """1 MiB holds four float32 caches of the tiny model (256 KiB each): a fifth document is not prefilled."""
     settings = {"model": str(codegen_checkpoint), "dtype": "float32", "maxNewTokens": MAX_NEW}
     client = await start_server({**settings, "cacheBudgetMb": 1})
     for i in range(4):
