@@ -32,9 +32,10 @@ from inference import ops, quant  # noqa: E402
 from inference.codegen import CodeGen  # noqa: E402
 from inference.config import CodeGenConfig  # noqa: E402
 from inference.engine import Engine  # noqa: E402
-from inference.generate import GenerationParams, line_end_after  # noqa: E402
+from inference.generate import GenerationParams  # noqa: E402
 from inference.kv_cache import KVCache, kv_cache_dtype  # noqa: E402
 from inference.loader import load_model  # noqa: E402
+from inference.rules import line_end_after  # noqa: E402
 from lsp_server.prompt import prompt_ids  # noqa: E402
 
 SHAPE_8x512 = dict(vocab_size=51200, n_positions=2048, n_embd=512, n_layer=8, n_head=8, rotary_dim=32)

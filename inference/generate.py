@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from inference.kv_cache import KVCache
-from inference.rules import StopReason, compile_stops, first_match
+from inference.rules import StopReason, compile_stops, first_match, line_end_after
 from inference.sampling import sample
 
 
@@ -54,14 +54,6 @@ class GenerationResult:
     total_ms: float = 0.0
     decode_steps: int = 0  # forward passes after the prefill
     extra: dict = field(default_factory=dict)  # e.g. prefill_cpu_ms / decode_cpu_ms (process CPU time)
-
-
-def line_end_after(text: str, since: int) -> int:
-    """End of the first non-blank line of text that ends at or after `since`, or -1."""
-    nl = text.find("\n", since)
-    while nl >= 0 and not text[:nl].strip():
-        nl = text.find("\n", nl + 1)  # a blank first line is not worth showing
-    return nl
 
 
 @dataclass

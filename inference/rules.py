@@ -48,3 +48,11 @@ def first_match(text: str, patterns: Sequence[re.Pattern]) -> int:
     """Start of the earliest match of any pattern in text, or -1."""
     starts = [m.start() for m in (p.search(text) for p in patterns) if m]
     return min(starts) if starts else -1
+
+
+def line_end_after(text: str, since: int) -> int:
+    """End of the first non-blank line of text that ends at or after `since`, or -1."""
+    nl = text.find("\n", since)
+    while nl >= 0 and not text[:nl].strip():
+        nl = text.find("\n", nl + 1)  # a blank first line is not worth showing
+    return nl

@@ -299,7 +299,9 @@ class RemoteSession:
         ids = list(prompt) or [cfg.bos_token_id if cfg.bos_token_id is not None else 0]
         body = request_body(eng.spec.model, ids, params, cfg.n_positions)
         try:
-            out = stream_completion(eng, body, params.stop_patterns, should_cancel)
+            budget = params.max_latency_ms / 1e3 if params.max_latency_ms > 0 else None
+            deadline = t0 + budget if budget else None
+            out = stream_completion(eng, body, params.stop_patterns, should_cancel, deadline)
             error = None
         except RemoteError as exc:
             out, error = Streamed(), str(exc)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.rules import StopReason, first_match
+from inference.rules import StopReason, first_match, line_end_after
 
 
 class RemoteError(Exception):
@@ -27,13 +27,20 @@ class Streamed:
     first_ms: float | None = None
     decoder: Any = None  # the tokenizer's incremental decoder, for servers that stream token ids
     eos_token_id: int | None = None
+    deadline: float | None = None  # a perf_counter() reading: after it, the text ends at the next line end
+    spent_at: int | None = None  # len(text) when the deadline passed
 
 
-def stream_completion(eng, body: dict, compiled: Sequence[re.Pattern], should_cancel) -> Streamed:
-    """POST /completions (stream) and read it until [DONE], a stop match, or a cancel: RemoteError else."""
+def stream_completion(
+    eng, body: dict, compiled: Sequence[re.Pattern], should_cancel, deadline: float | None = None
+) -> Streamed:
+    """POST /completions (stream) and read it until [DONE], a stop match, a cancel, or after `deadline`
+    (a perf_counter() reading) a line end; RemoteError else."""
     httpx, t0 = eng.httpx, time.perf_counter()
     tok = eng.loaded.tokenizer
-    out = Streamed(decoder=tok.incremental_decoder(), eos_token_id=eng.loaded.config.eos_token_id)
+    out = Streamed(
+        decoder=tok.incremental_decoder(), eos_token_id=eng.loaded.config.eos_token_id, deadline=deadline
+    )
     try:
         with eng.client.stream("POST", "/completions", json=body) as r:
             if r.status_code != 200:
@@ -78,7 +85,8 @@ def _parse(data: str, url: str) -> dict:
 
 
 def _take(out: Streamed, chunk: dict, patterns: list, t0: float) -> bool:
-    """Add one chunk; True when a stop pattern matched (the text is cut there) or the model ended it."""
+    """Add one chunk; True when the text ends here: a stop pattern matched or the time budget is spent
+    (the text is cut), so the stream is closed and the server aborts the sequence."""
     choices = chunk.get("choices") or []
     details = (chunk.get("usage") or {}).get("prompt_tokens_details") or {}
     out.cached_tokens = details.get("cached_tokens") or out.cached_tokens
@@ -90,6 +98,7 @@ def _take(out: Streamed, chunk: dict, patterns: list, t0: float) -> bool:
         raise RemoteError(f"malformed chunk: {json.dumps(chunk)[:80]}")
     if out.first_ms is None:
         out.first_ms = (time.perf_counter() - t0) * 1e3
+    before = len(out.text)
     if ids is not None and out.decoder is not None:
         # Decode the ids here, as the local engine does: the same text whatever the server's detokenizer.
         for i in ids:
@@ -104,6 +113,8 @@ def _take(out: Streamed, chunk: dict, patterns: list, t0: float) -> bool:
         return True
     if out.reason == StopReason.EOS:
         return False
+    if _spent(out, before):
+        return True
     if c.get("finish_reason") == "stop":  # EOS, or a literal stop string the server stopped at
         out.reason = StopReason.STOP_PATTERN if c.get("stop_reason") is not None else StopReason.EOS
     elif c.get("finish_reason") == "length":
@@ -116,6 +127,20 @@ def _cut(out: Streamed, patterns: list) -> bool:
     if cut >= 0:
         out.text, out.reason = out.text[:cut], StopReason.STOP_PATTERN
     return cut >= 0
+
+
+def _spent(out: Streamed, before: int) -> bool:
+    """After the deadline, the text ends at the next line end (reason TIME_BUDGET): True once it has one.
+
+    `before`: len(text) before this chunk; the line that counts is the first to end after it once the
+    deadline passed, as the local engine's (generate.StopText).
+    """
+    if out.spent_at is None and out.deadline is not None and time.perf_counter() >= out.deadline:
+        out.spent_at = before
+    end = line_end_after(out.text, out.spent_at) if out.spent_at is not None else -1
+    if end >= 0:
+        out.text, out.reason = out.text[:end], StopReason.TIME_BUDGET
+    return end >= 0
 
 
 def _finish(out: Streamed, patterns: list) -> Streamed:

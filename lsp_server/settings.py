@@ -175,8 +175,8 @@ TABLE: tuple[Option, ...] = (
         "maxLatencyMs",
         int,
         1000,
-        "time budget of one completion (prefill + decode); once spent it ends at the next line end "
-        "(reason `time_budget`); 0 = none; why 1000: docs/PERFORMANCE.md",
+        "time budget of one completion (prefill + decode; a team server's stream too); once spent it ends "
+        "at the next line end (reason `time_budget`); 0 = none; why 1000: docs/PERFORMANCE.md",
         lo=0,
         hi=600_000,
     ),

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from inference.engine import Engine
-from inference.generate import GenerationParams, decode_loop, line_end_after
+from inference.generate import GenerationParams, decode_loop
 from inference.loader import load_model
+from inference.rules import line_end_after
 from lsp_server.cli import main
 from lsp_server.settings import Settings, update
 from tests.checkpoints import CODEGEN_TOKENIZER_DIR

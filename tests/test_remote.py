@@ -8,6 +8,7 @@ import time
 import pytest
 
 from inference.generate import GenerationParams
+from inference.rules import line_end_after
 from lsp_server.prompt import prompt_ids
 from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
 from tests.checkpoints import CODEGEN_TOKENIZER_DIR
@@ -108,6 +109,24 @@ def test_regex_stop_closes_the_stream(fake):
     assert r.stop_reason == "stop_pattern" and r.text == "    return a + b\n\n"
     wait_for(lambda: fake.disconnected)
     assert fake.disconnected == [True] and fake.sent[0] < 50  # the server saw the stream closed early
+
+
+@pytest.mark.parametrize("budget_ms", [1, 150], ids=["spent-before-the-first-chunk", "spent-later"])
+def test_latency_budget_ends_at_a_line_end_and_closes_the_stream(fake, budget_ms):
+    """maxLatencyMs holds for a team server as for the local engine: once spent, the text ends at the next
+    line end (stop reason time_budget) and the stream is closed, so the server aborts the sequence."""
+    fake.delay_s = 0.02  # 50 tokens a second: the whole answer takes over 6 s
+    r = engine_for(fake.url).generate(
+        "doc", PROMPT, GenerationParams(max_new_tokens=300, max_latency_ms=budget_ms)
+    )
+    assert r.stop_reason == "time_budget" and r.total_ms >= budget_ms
+    assert ANSWER.startswith(r.text) and ANSWER[len(r.text)] == "\n" and r.text.strip()
+    # Tokens come >= 20 ms apart, so at most budget_ms // 20 had come when it was spent: the text ends at
+    # the first line end after them (load only makes that fewer). 1 ms: the first line.
+    came = TOKENIZER.decode(TOKENIZER.encode(ANSWER)[: budget_ms // 20])
+    assert len(r.text) <= line_end_after(ANSWER, len(came))
+    wait_for(lambda: fake.disconnected)
+    assert fake.disconnected == [True] and fake.sent[0] < 100
 
 
 def test_supersede_closes_the_stream(fake):
