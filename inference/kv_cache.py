@@ -23,7 +23,7 @@ def kv_cache_dtype(precision: str | torch.dtype, device) -> torch.dtype:
 
     Under int8 (CPUs with fbgemm only, whose layout is "blocked") the cache is float16: fbgemm's
     embedding_bag reads float16 rows, so a decode step reads half the KV bytes (at 1,000 positions of the
-    350M shape 86 MB instead of 171, next to 306 MB of int8 weights). Its rounding (2^-11 relative on keys,
+    350M shape 82 MB instead of 164, next to 306 MB of int8 weights). Its rounding (2^-11 relative on keys,
     values, scores and probabilities) is far below int8's; tests/test_ops.py bounds it and
     tests/test_int8.py measures the quality with it. Float32 models keep a float32 cache (their parity
     with transformers is checked at 1e-4).

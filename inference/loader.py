@@ -57,7 +57,7 @@ class LoadedModel:
 
     @property
     def kv_dtype(self) -> torch.dtype:
-        """The KV cache's dtype: float16 under int8 weights (see kv_cache.KV_FLOAT16), else dtype."""
+        """The KV cache's dtype: float16 under int8 weights (kv_cache.kv_cache_dtype says why), else dtype."""
         return kv_cache_dtype(self.weights or self.dtype, self.device)
 
 

@@ -299,8 +299,7 @@ class RemoteSession:
         ids = list(prompt) or [cfg.bos_token_id if cfg.bos_token_id is not None else 0]
         body = request_body(eng.spec.model, ids, params, cfg.n_positions)
         try:
-            budget = params.max_latency_ms / 1e3 if params.max_latency_ms > 0 else None
-            deadline = t0 + budget if budget else None
+            deadline = t0 + params.max_latency_ms / 1e3 if params.max_latency_ms > 0 else None
             out = stream_completion(eng, body, params.stop_patterns, should_cancel, deadline)
             error = None
         except RemoteError as exc:
