@@ -127,6 +127,7 @@ async def test_accepting_one_line_then_the_rest_needs_no_model_call(start_server
     """The built-in model writes multi-line code: one line accepted is answered by the rest of the suggestion
     (typed through), the rest accepted by the prefetched completion, equal to a fresh call's."""
     model = {"model": "builtin", "maxNewTokens": 32, "completionMode": "block", "prefillOnOpen": False}
+    model["maxLatencyMs"] = 0  # answers are compared across servers: no time budget may cut one under load
     fresh = await start_server({**model, "prefetch": False})
     ahead = await start_server(model)
     text = "def fib(n):\n"

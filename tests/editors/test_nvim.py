@@ -79,6 +79,7 @@ def opts(editor_checkpoint, server_cmd) -> dict:
         "device": "cpu",
         "dtype": "float32",
         "maxNewTokens": 12,
+        "maxLatencyMs": 0,  # no time budget: answers are compared across requests, and load must not cut one
         "completionMode": "free",
         "stopPatterns": {"python": []},
         "logLevel": "debug",

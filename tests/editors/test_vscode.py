@@ -113,6 +113,7 @@ def user_settings(server_cmd: list[str], checkpoint: Path, max_tokens: int) -> d
         "codegenLsp.device": "cpu",
         "codegenLsp.dtype": "float32",
         "codegenLsp.maxNewTokens": max_tokens,
+        "codegenLsp.maxLatencyMs": 0,  # no time budget: answers compared across requests, whatever the load
         "codegenLsp.completionMode": "free",
         "codegenLsp.stopPatterns": {"python": []},
         "codegenLsp.logLevel": "debug",
