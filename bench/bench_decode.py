@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_keystroke import decode_weight_bytes, measure_bandwidths, pct  # noqa: E402
+from bench_keystroke import decode_weight_bytes, kv_read_bytes, measure_bandwidths, pct  # noqa: E402
 from bench_machine import describe, loadavg  # noqa: E402
 
 from inference import ops, quant  # noqa: E402
@@ -84,8 +84,7 @@ def floors(models: dict, positions: dict, steps: int, bws: dict) -> None:
     for name, model in models.items():
         c = model.config
         P = positions[name.split()[0]]
-        kv = 2 * c.n_layer * P * c.n_head * c.head_dim * kv_dtype(model).itemsize
-        nbytes = decode_weight_bytes(model) + kv
+        nbytes = decode_weight_bytes(model) + kv_read_bytes(c, P, kv_dtype(model))
         wall, cpu = step_ms(model, P, steps)
         floor, floor_cpu = nbytes / bw * 1e3, nbytes / bw_cpu * 1e3
         print(

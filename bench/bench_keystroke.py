@@ -160,10 +160,9 @@ def measure_bandwidths(when: str) -> dict:
     return bws
 
 
-def kv_read_bytes(loaded, positions: int) -> int:
-    """Bytes of keys and values (in the engine's cache dtype) a decode step's attention reads."""
-    config = loaded.config
-    return 2 * config.n_layer * positions * config.n_embd * loaded.kv_dtype.itemsize
+def kv_read_bytes(config, positions: int, kv_dtype: torch.dtype) -> int:
+    """Bytes of keys and values (in the cache's dtype) a decode step's attention reads at `positions`."""
+    return 2 * config.n_layer * positions * config.n_head * config.head_dim * kv_dtype.itemsize
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -274,7 +273,9 @@ def main() -> None:
     positions = runs["engine fp32"]["cold"].prompt_tokens
     for name, run in runs.items():
         lm = int8 if name.endswith("int8") else loaded
-        print_engine(name, run, decode_weight_bytes(lm.model), kv_read_bytes(lm, positions), bws)
+        print_engine(
+            name, run, decode_weight_bytes(lm.model), kv_read_bytes(lm.config, positions, lm.kv_dtype), bws
+        )
     base = runs["engine fp32"]
     if int8:
         q = runs["engine int8"]
