@@ -6,8 +6,11 @@
    (the best bandwidth measured in this run: matrix-vector kernels and a plain read), float32 and int8.
 2. maxLatencyMs: the built-in model completes 20 keystrokes of real code (64 new tokens, no stop pattern)
    with and without a budget; p95 of a completion's time against the budget plus one line's decode.
+3. Through the server: the built-in model (or --server-model; the server's own precision and prompt)
+   answers each keystroke of a line typed into a file with 16 new tokens (no stop pattern): the client's
+   time from the change to the answer, p50 and p95, over the answers that ran the model for 16 tokens.
 
-    python bench/bench_decode.py [--threads N] [--budget-ms MS] [--steps 64]
+    python bench/bench_decode.py [--threads N] [--budget-ms MS] [--steps 64] [--server-keystrokes 40]
 """
 
 from __future__ import annotations
@@ -147,17 +150,72 @@ def budget_run(loaded, keystrokes: int, budget_ms: float | None, new_tokens: int
     )
 
 
+async def server_keystrokes(
+    model: str, n: int, threads: int, new_tokens: int
+) -> tuple[list[float], list[int], str]:
+    """Client-side ms of each keystroke's answer, the tokens each generated, and the model's precision."""
+    from bench_protocol import DOC, TYPED, ask_inline, insert, start_server
+    from lsprotocol import types
+
+    opts = {"maxNewTokens": new_tokens, "stopPatterns": {"python": []}, "prefetch": False}
+    client = await start_server(model, threads, opts | {"completionMode": "free"})
+    uri, line = "file:///bench.py", DOC.count("\n")
+    col0 = len(DOC.rsplit("\n", 1)[1])
+    item = types.TextDocumentItem(uri=uri, language_id="python", version=1, text=DOC)
+    client.text_document_did_open(types.DidOpenTextDocumentParams(item))
+    status = types.ExecuteCommandParams(command="codegen.status")
+
+    await ask_inline(client, uri, line, col0)  # loads the model
+    ms, tokens, count = [], [], (await client.workspace_execute_command_async(status))["latency"]["count"]
+    text = (TYPED * 2)[:n]
+    for i, ch in enumerate(text):
+        t0 = time.perf_counter()
+        insert(client, uri, i + 2, line, col0 + i, ch)
+        await ask_inline(client, uri, line, col0 + i + 1)
+        elapsed = (time.perf_counter() - t0) * 1000
+        st = await client.workspace_execute_command_async(status)
+        if st["latency"]["count"] != count:  # the model ran (not an answer typed through from the cache)
+            ms.append(elapsed)
+            tokens.append(st["latency"]["last"]["newTokens"])
+        count = st["latency"]["count"]
+    precision = st["models"][0]["dtype"]
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    return ms, tokens, precision
+
+
+def server_run(model: str, n: int, threads: int, new_tokens: int = 16) -> None:
+    """Print p50/p95 of a model's keystroke answers through the server."""
+    import asyncio
+
+    ms, tokens, precision = asyncio.run(server_keystrokes(model, n, threads, new_tokens))
+    full = [m for m, t in zip(ms, tokens, strict=True) if t == new_tokens]
+    print(
+        f"through the server, {model} ({precision}), {len(ms)} keystrokes that ran the model, "
+        f"{len(full)} of them {new_tokens} tokens: p50 {pct(full, 0.5):.1f} ms, p95 {pct(full, 0.95):.1f} ms "
+        f"(all answers p50 {pct(ms, 0.5):.1f} ms, mean tokens {statistics.fmean(tokens):.1f})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed per model")
     ap.add_argument("--budget-ms", type=float, default=None, help="default: half the median completion")
     ap.add_argument("--keystrokes", type=int, default=20)
+    ap.add_argument("--server-keystrokes", type=int, default=40, help="0: skip the server measurement")
+    ap.add_argument("--server-only", action="store_true", help="only the measurement through the server")
+    ap.add_argument("--server-model", default="builtin", help="the model measured through the server")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(describe())
     print("load average at start (other processes share this machine): " + loadavg())
+    if args.server_keystrokes:
+        server_run(args.server_model, args.server_keystrokes, args.threads or torch.get_num_threads())
+    if args.server_only:
+        return
     small = random_codegen(SHAPE_8x512)
     builtin = load_model("builtin", dtype="float32")
     models = {"8x512 float32": small, "builtin float32": builtin.model}

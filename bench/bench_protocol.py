@@ -35,6 +35,24 @@ DOC += "def main(argv):\n    "
 TYPED = "result = helper_3(parse(argv), scale=2) + other_values_list[index]"
 
 
+def insert(client: LanguageClient, uri: str, version: int, line: int, col: int, text: str) -> None:
+    """didChange: `text` inserted at (line, col) of version `version` - 1."""
+    pos = types.Position(line, col)
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            types.VersionedTextDocumentIdentifier(version=version, uri=uri),
+            [types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=text)],
+        )
+    )
+
+
+async def ask_inline(client: LanguageClient, uri: str, line: int, col: int):
+    """An invoked textDocument/inlineCompletion at (line, col)."""
+    ctx = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
+    params = types.InlineCompletionParams(ctx, types.TextDocumentIdentifier(uri), types.Position(line, col))
+    return await client.text_document_inline_completion_async(params)
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -86,11 +104,7 @@ async def run(model: str, n: int, max_new: int, threads: int) -> tuple[list[floa
     col0 = len(DOC.rsplit("\n", 1)[1])
 
     async def ask(col: int):
-        ctx = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
-        params = types.InlineCompletionParams(
-            ctx, types.TextDocumentIdentifier(uri), types.Position(line, col)
-        )
-        return await client.text_document_inline_completion_async(params)
+        return await ask_inline(client, uri, line, col)
 
     await ask(col0)  # loads the model and warms the session
     engine(DOC)
@@ -99,13 +113,7 @@ async def run(model: str, n: int, max_new: int, threads: int) -> tuple[list[floa
     last_hits = (await client.workspace_execute_command_async(cmd))["completions"]["typedThroughHits"]
     for i, ch in enumerate(TYPED[:n]):
         t0 = time.perf_counter()
-        pos = types.Position(line, col0 + i)
-        client.text_document_did_change(
-            types.DidChangeTextDocumentParams(
-                types.VersionedTextDocumentIdentifier(version=i + 2, uri=uri),
-                [types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ch)],
-            )
-        )
+        insert(client, uri, i + 2, line, col0 + i, ch)
         await ask(col0 + i + 1)
         ms = (time.perf_counter() - t0) * 1000
         hits = (await client.workspace_execute_command_async(cmd))["completions"]["typedThroughHits"]
@@ -121,13 +129,7 @@ async def run(model: str, n: int, max_new: int, threads: int) -> tuple[list[floa
         suggestion = res.items[0].insert_text if res and res.items else ""
         for ch in suggestion[: len(suggestion) - 1][:10]:
             t0 = time.perf_counter()
-            pos = types.Position(line, col)
-            client.text_document_did_change(
-                types.DidChangeTextDocumentParams(
-                    types.VersionedTextDocumentIdentifier(version=version, uri=uri),
-                    [types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ch)],
-                )
-            )
+            insert(client, uri, version, line, col, ch)
             col, version = col + 1, version + 1
             await ask(col)
             through.append((time.perf_counter() - t0) * 1000)
@@ -186,20 +188,10 @@ async def accepts(model: str, n: int, max_new: int, threads: int, prefetch: bool
         t0 = time.perf_counter()
         if ins:
             version += 1
-            pos = types.Position(line, col)
-            change = types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text=ins)
-            client.text_document_did_change(
-                types.DidChangeTextDocumentParams(
-                    types.VersionedTextDocumentIdentifier(version, uri), [change]
-                )
-            )
+            insert(client, uri, version, line, col, ins)
             text += ins
             line, col = text.count("\n"), len(text.rsplit("\n", 1)[1])
-        ctx = types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked)
-        params = types.InlineCompletionParams(
-            ctx, types.TextDocumentIdentifier(uri), types.Position(line, col)
-        )
-        res = await client.text_document_inline_completion_async(params)
+        res = await ask_inline(client, uri, line, col)
         return (res.items[0].insert_text if res and res.items else ""), (time.perf_counter() - t0) * 1000
 
     after, keys, answers = [], [], []

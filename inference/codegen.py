@@ -128,6 +128,11 @@ class CodeGen(nn.Module):
         rope = rotary_tables(self.config.n_positions, self.config.rotary_dim or self.config.head_dim, device)
         self.register_buffer("rope", rope, persistent=False)
 
+    def prepare_block(self, block: Block) -> None:
+        """Fuse one block's matmuls once its weights are in (the loader; on meta for the prepared cache)."""
+        if not block.fused:
+            block.fuse()
+
     def prepare_for_inference(self) -> None:
         """Fuse each block's matmuls (called by the loader after the weights are in)."""
         for block in self.h:

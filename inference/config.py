@@ -21,6 +21,12 @@ class ModelConfig:
     vocab_size: int
     eos_token_id: int | None = None
     bos_token_id: int | None = None
+    n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads the KV cache holds: n_kv_head under grouped-query attention, else n_head."""
+        return self.n_kv_head or self.n_head
 
 
 @dataclass
@@ -81,7 +87,7 @@ class CodeGenConfig(ModelConfig):
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json form (Hugging Face field names)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("head_dim",)}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("head_dim", "n_kv_head")}
         d.update(model_type="codegen", architectures=["CodeGenForCausalLM"], n_ctx=self.n_positions)
         return d
 

@@ -32,7 +32,7 @@ class Engine:
         cfg = loaded.config
         self.capacity = min(max_context or cfg.n_positions, cfg.n_positions)
         assert self.capacity >= 2, "the context window must hold at least 2 tokens"
-        shape = (cfg.n_layer, cfg.n_head, cfg.head_dim, self.capacity)
+        shape = (cfg.n_layer, cfg.kv_heads, cfg.head_dim, self.capacity)
         self.pool = CachePool(
             cache_budget_bytes,
             factory=lambda: KVCache(*shape, batch=1, device=loaded.device, dtype=loaded.kv_dtype),

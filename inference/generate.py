@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from inference import ops
 from inference.kv_cache import KVCache
+from inference.lookup import FIRST_PROPOSED, MAX_PROPOSED, History, accepted
 from inference.rules import StopReason, compile_stops, first_match, line_end_after
 from inference.sampling import sample
 
@@ -26,6 +28,8 @@ class GenerationParams:
     # regexes (re.MULTILINE) searched in the generated text; compiled here once (compile_stops)
     stop_patterns: Sequence[str | re.Pattern] = ()
     max_latency_ms: float = 0.0  # 0 = none; once spent (prefill + decode), stop at the next line end
+    stop_ids: Sequence[int] = ()  # token ids that end the text like EOS (e.g. a FIM template's end tokens)
+    prompt_lookup: bool = False  # greedy only: check proposed continuations per pass (inference/lookup.py)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -103,44 +107,104 @@ def decode_loop(
     should_cancel: Callable[[], bool] | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    lookup: Lookup | None = None,
 ) -> tuple[str, list[int], list[int], StopReason, int]:
-    """From the prefill's last logits [V], `pos` = next free slot: text, ids, fed ids, reason, steps.
-
-    After `deadline` (a `clock()` reading), the text ends at the next line end (reason TIME_BUDGET).
-    """
+    """From the prefill's last logits [V], `pos` = next free slot: text, ids, fed ids, reason, steps. After
+    `deadline` (a `clock()` reading) the text ends at the next line end (TIME_BUDGET); with `lookup` (greedy)
+    each pass also checks the tokens inference/lookup.py proposes, and the ids are the same."""
     out = StopText(params.stop_patterns, deadline, clock)  # compiled once, in GenerationParams
-    generator = None
-    if params.temperature > 0:
-        generator = torch.Generator(device=logits.device)
-        generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+    generator = sampling_generator(params, logits.device)
+    assert lookup is None or generator is None, "prompt lookup is for greedy decoding"
     decoder = tokenizer.incremental_decoder()
-    idx = torch.empty(1, 1, dtype=torch.long, device=logits.device)  # reused every step
     positions = torch.arange(cache.capacity, device=logits.device)
     ids, fed, steps = [], [], 0
-    reason = StopReason.MAX_TOKENS
+    ends = {eos_token_id, *params.stop_ids} - {None}
+
+    def take(tok: int) -> StopReason | None:
+        """A generated id: the reason to stop after it, or None (it is then fed at `pos`)."""
+        ids.append(tok)
+        if tok in ends:
+            return StopReason.EOS
+        piece = decoder.push(tok)
+        if piece and (stop := out.add(piece)):
+            return stop
+        if len(ids) >= params.max_new_tokens:
+            return StopReason.MAX_TOKENS
+        return StopReason.CONTEXT_FULL if pos >= cache.capacity else None
+
     while True:
         if should_cancel is not None and should_cancel():
             reason = StopReason.CANCELLED
             break
         tok = sample(logits, params.temperature, params.top_p, generator)
-        ids.append(tok)
-        if tok == eos_token_id:
-            reason = StopReason.EOS
+        if reason := take(tok):
             break
-        piece = decoder.push(tok)
-        if piece and (stop := out.add(piece)):
-            reason = stop
-            break
-        if len(ids) >= params.max_new_tokens:
-            break
-        if pos >= cache.capacity:
-            reason = StopReason.CONTEXT_FULL
-            break
-        idx[0, 0] = tok
-        logits = model(idx, positions[pos : pos + 1], cache)[0, -1]
+        room = min(params.max_new_tokens - len(ids), cache.capacity - pos) - 1
+        proposed = lookup.propose(tok, room) if lookup else []
+        rows = forward_rows(model, [tok, *proposed], positions[pos : pos + 1 + len(proposed)], cache)
         fed.append(tok)
-        pos += 1
-        steps += 1
+        pos, steps = pos + 1, steps + 1
+        m = lookup.check(proposed, rows) if proposed else 0
+        for d in proposed[:m]:  # each agreed id is a generated one, through the same checks
+            if reason := take(d):
+                break
+            fed.append(d)
+            pos += 1
+        if reason:
+            break
+        logits = rows[m]
     if reason != StopReason.STOP_PATTERN:
         reason = out.finish(decoder.flush()) or reason
     return out.text, ids, fed, reason, steps
+
+
+def sampling_generator(params: GenerationParams, device) -> torch.Generator | None:
+    """The seeded random generator of a sampled generation (None for greedy)."""
+    if params.temperature == 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+    return generator
+
+
+def forward_rows(model, tokens: list[int], positions: Tensor, cache: KVCache) -> Tensor:
+    """Logits [len(tokens), V] of feeding `tokens` at `positions`; several rows are computed as one-row
+    steps would compute each (ops.exact_rows)."""
+    x = torch.tensor([tokens], dtype=torch.long, device=positions.device)
+    if len(tokens) == 1:
+        return model(x, positions, cache)[0]
+    with ops.exact_rows():
+        return model(x, positions, cache)[0]
+
+
+class Lookup:
+    """Prompt-lookup speculation over one generation (inference/lookup.py), with its counts."""
+
+    def __init__(self, context: Sequence[int]):
+        self.history = History(context)
+        self.passes = self.proposed = self.accepted = 0
+        self.k = FIRST_PROPOSED  # how many to propose next
+
+    def propose(self, tok: int, room: int) -> list[int]:
+        """Ids to check after `tok` (the id about to be fed), at most `room` and the current k."""
+        self.history.extend([tok])
+        self.passes += 1
+        proposed = self.history.propose(min(room, self.k))
+        self.proposed += len(proposed)
+        return proposed
+
+    def check(self, proposed: list[int], rows: Tensor) -> int:
+        """How many proposed ids greedy decoding agrees with (rows: the pass's logits); adapts k."""
+        m = accepted(proposed, rows.argmax(dim=-1).tolist())
+        self.history.extend(proposed[:m])
+        self.accepted += m
+        self.k = min(MAX_PROPOSED, self.k + 1) if m == len(proposed) else max(1, m)
+        return m
+
+    def counts(self) -> dict:
+        """Passes, ids proposed and accepted (GenerationResult.extra)."""
+        return {
+            "lookup_passes": self.passes,
+            "lookup_proposed": self.proposed,
+            "lookup_accepted": self.accepted,
+        }

@@ -174,6 +174,9 @@ class NeoXJapanese(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    def prepare_block(self, block: nn.Module) -> None:
+        """Nothing to fuse: a layer's weights are final as loaded (the loader quantizes them at once)."""
+
     @torch.no_grad()
     def prepare_for_inference(self) -> None:
         """Share one tensor between embed_in and embed_out when they hold the same values (tied)."""

@@ -25,6 +25,7 @@ from inference.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 QMAX = 127  # symmetric int8: q in [-127, 127], w ~ q * scale
+QUANT_ROWS = 4096  # rows quantized at a time (each row is independent: the same bits as all at once)
 
 
 @functools.cache
@@ -73,9 +74,14 @@ def check_int8(device: torch.device, family: str) -> None:
 def quantize_per_channel(w: Tensor) -> tuple[Tensor, Tensor]:
     """w: [out, in] float -> (q [out, in] int8, scale [out] float32) with |w - q * scale| <= scale / 2."""
     assert w.dim() == 2
-    w = w.float().contiguous()  # float32 CPU weights may be stored transposed (ops.store_transposed)
-    scale = (w.abs().amax(dim=1) / QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row
-    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scale = torch.empty(w.shape[0], dtype=torch.float32)
+    for r in range(0, w.shape[0], QUANT_ROWS):  # rows at a time: temporaries of QUANT_ROWS rows, not of w
+        # float32 CPU weights may be stored transposed (ops.store_transposed): contiguous rows first
+        wr = w[r : r + QUANT_ROWS].float().contiguous()  # [rows, in]
+        s = (wr.abs().amax(dim=1) / QMAX).clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero row
+        q[r : r + QUANT_ROWS] = torch.round(wr / s[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+        scale[r : r + QUANT_ROWS] = s
     return q, scale
 
 
@@ -92,8 +98,10 @@ def _engine(name: str):
 class Int8Weight:
     """A linear layer's int8 weight, per-channel scales and float bias, prepacked: y = x @ (q*s).T + b."""
 
-    def __init__(self, w: Tensor, b: Tensor | None = None):
-        q, scale = quantize_per_channel(w)
+    def __init__(
+        self, w: Tensor | None, b: Tensor | None = None, quantized: tuple[Tensor, Tensor] | None = None
+    ):
+        q, scale = quantized if quantized is not None else quantize_per_channel(w)
         self.out_features, self.in_features = q.shape
         self.scale = scale
         self.reduce_range = reduce_range()
@@ -103,7 +111,19 @@ class Int8Weight:
             qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
         with _engine("fbgemm"):
             bias = None if b is None else b.detach().float().contiguous()
+            self.has_bias = bias is not None
             self.packed = torch.ops.quantized.linear_prepack(qw, bias)
+
+    @classmethod
+    def from_quantized(cls, q: Tensor, scale: Tensor, bias: Tensor | None) -> Int8Weight:
+        """Prepack already quantized weights (q [out, in] int8, scale [out] float32): the prepared cache."""
+        return cls(None, bias, quantized=(q, scale))
+
+    def quantized(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(q [out, in] int8, scale [out] float32, bias [out] float32 or None), from fbgemm's layout."""
+        with _engine("fbgemm"):
+            qw, bias = torch.ops.quantized.linear_unpack(self.packed)
+        return qw.int_repr(), self.scale, bias
 
     @property
     def nbytes(self) -> int:
@@ -119,26 +139,32 @@ class Int8Weight:
         return f"Int8Weight(out={self.out_features}, in={self.in_features})"
 
 
+def _pop_quantized(module: nn.Module, weight: str) -> tuple[Tensor, Tensor]:
+    """Remove module.<weight> and return it quantized (q, scale)."""
+    return quantize_per_channel(module._parameters.pop(weight).detach())
+
+
 def quantize_module_weight(module: nn.Module, weight: str, bias: str | None) -> None:
     """Replace module.<weight> (and fold module.<bias> in) by an Int8Weight; the float tensors are dropped."""
-    w = module._parameters.pop(weight)
     b = module._parameters.pop(bias) if bias and bias in module._parameters else None
-    setattr(module, weight, Int8Weight(w.detach(), None if b is None else b.detach()))
+    q, scale = _pop_quantized(module, weight)  # the float weight is freed before prepacking
+    setattr(module, weight, Int8Weight.from_quantized(q, scale, None if b is None else b.detach()))
     if bias:
         setattr(module, bias, None)
 
 
 def quantize_model(model: nn.Module) -> int:
-    """Quantize every linear weight of a prepared (fused) model in place; returns the int8 bytes."""
+    """Quantize every linear weight of a prepared (fused) model or block in place; returns the int8 bytes."""
     for module in list(model.modules()):
         for weight, bias in getattr(module, "int8_weights", ()):
-            quantize_module_weight(module, weight, bias)
+            if not isinstance(getattr(module, weight, None), Int8Weight):  # a block the loader already did
+                quantize_module_weight(module, weight, bias)
     total = int8_bytes(model)
     assert total, f"{type(model).__name__} names no weights to quantize (int8_weights)"
     return total
 
 
-QUANTIZABLE = ("codegen", "gpt_neox_japanese")
+QUANTIZABLE = ("codegen", "gpt_neox_japanese", "llama")
 
 
 def int8_weights(model: nn.Module) -> dict[str, Int8Weight]:

@@ -52,6 +52,26 @@ NEOX_JAPANESE_WEIGHTS: dict[str, tuple[str, ...]] = {
 }
 NEOX_JAPANESE_IGNORED = (r"gpt_neox_japanese\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\..*)",)
 
+_L = "model.layers.{i}."
+LLAMA_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "embed_tokens.weight": ("model.embed_tokens.weight",),
+    **{
+        f"layers.{{i}}.{name}.{kind}": (f"{_L}{path}.{name}.{kind}",)
+        for path, names in (
+            ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")),
+            ("mlp", ("gate_proj", "up_proj", "down_proj")),
+        )
+        for name in names
+        for kind in ("weight", "bias")
+    },
+    "layers.{i}.input_layernorm.weight": (_L + "input_layernorm.weight",),
+    "layers.{i}.post_attention_layernorm.weight": (_L + "post_attention_layernorm.weight",),
+    "norm.weight": ("model.norm.weight",),
+    # a tied checkpoint usually omits lm_head: it reuses the embedding (prepare_for_inference shares them)
+    "lm_head.weight": ("lm_head.weight", "model.embed_tokens.weight"),
+}
+LLAMA_IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\..*",)
+
 
 @dataclass(frozen=True)
 class Family:
@@ -91,6 +111,16 @@ REGISTRY: dict[str, Family] = {
         weights=NEOX_JAPANESE_WEIGHTS,
         ignored=NEOX_JAPANESE_IGNORED,
     ),
+    **{
+        model_type: Family(
+            family="llama",
+            config_cls="inference.llama_config:LlamaConfig",
+            model_cls="inference.llama:Llama",
+            weights=LLAMA_WEIGHTS,
+            ignored=LLAMA_IGNORED,
+        )
+        for model_type in ("llama", "qwen2", "qwen3")
+    },
 }
 
 

@@ -8,8 +8,9 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from inference.generate import GenerationParams, GenerationResult, decode_loop
+from inference.generate import GenerationParams, GenerationResult, Lookup, decode_loop
 from inference.kv_cache import CachePool
+from inference.lookup import pays
 from inference.rules import StopReason, prompt_limit
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,15 @@ class Session:
         self.pool = pool
         self.ids: list[int] = []  # ids whose K/V are valid in the cache, positions 0..len-1
         self._lock = lock
+
+    @property
+    def lookup_pays(self) -> bool:
+        """Whether prompt lookup speeds this model up (inference.lookup.pays, decided once per model)."""
+        loaded = self.loaded
+        if not hasattr(loaded, "lookup_pays"):
+            loaded.lookup_pays, why = pays(loaded.model, loaded.device)
+            log.info("prompt lookup %s for %s: %s", "on" if loaded.lookup_pays else "off", loaded.name, why)
+        return loaded.lookup_pays
 
     def reset(self) -> None:
         """Forget the cached ids (the pool keeps or recycles the memory)."""
@@ -134,6 +144,9 @@ class Session:
             return self._result("", [], StopReason.CANCELLED, ids, reuse, t0, t0, 0)
         t1, c1 = time.perf_counter(), time.process_time()
         deadline = t0 + params.max_latency_ms / 1e3 if params.max_latency_ms > 0 else None
+        lookup = (
+            Lookup(ids) if params.prompt_lookup and params.temperature == 0 and self.lookup_pays else None
+        )
         text, gen, fed, reason, steps = decode_loop(
             model,
             cache,
@@ -144,11 +157,14 @@ class Session:
             self.loaded.config.eos_token_id,
             should_cancel,
             deadline,
+            lookup=lookup,
         )
         self.ids = ids + fed
         result = self._result(text, gen, reason, ids, reuse, t0, t1, steps)
         c2 = time.process_time()  # CPU time of the whole process: meaningful where others share the CPU
         result.extra.update(prefill_cpu_ms=(c1 - c0) * 1e3, decode_cpu_ms=(c2 - c1) * 1e3)
+        if lookup is not None:
+            result.extra.update(lookup.counts())
         return result
 
     def _result(self, text, gen, reason, ids, reuse, t0, t1, steps) -> GenerationResult:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import sys
 import warnings
 from pathlib import Path
 
-from lsp_server.constants import DEFAULT_MODEL, LANGUAGE_BY_SUFFIX, MODES
+from lsp_server.constants import DEFAULT_MODEL, FIM_MODES, FIM_SUFFIX_TOKENS, LANGUAGE_BY_SUFFIX, MODES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -61,6 +62,15 @@ def add_complete(c: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--language", default=None, help="LSP language id (default: from the file suffix)")
     c.add_argument("--mode", choices=MODES, default=None, help="completion mode (default: the server's)")
+    c.add_argument(
+        "--fim",
+        choices=FIM_MODES,
+        default="auto",
+        help="fill-in-the-middle: the text after the position in the model's template (auto: if it has one)",
+    )
+    c.add_argument(
+        "--fim-suffix-tokens", type=int, default=FIM_SUFFIX_TOKENS, help="token budget of the text after it"
+    )
     c.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     c.add_argument("--remote-url", default=None, help="OpenAI-compatible server, e.g. http://host:8000/v1")
     c.add_argument("--remote-model", default=None, help="the served model's name (with --remote-url)")
@@ -159,11 +169,11 @@ def complete(args: argparse.Namespace) -> int:
     from inference.errors import ModelLoadError
     from inference.generate import GenerationParams
     from inference.rules import StopReason
-    from lsp_server.prompt import prompt_ids
 
     try:
         path = Path(args.file)
-        before = text_before(read_source(path), args.line, args.character)
+        text = read_source(path)
+        before = text_before(text, args.line, args.character)
         stops = () if args.raw else stop_patterns(path, before, args.language, args.mode)
         params = GenerationParams(
             max_new_tokens=args.max_new_tokens,
@@ -177,8 +187,7 @@ def complete(args: argparse.Namespace) -> int:
     except (CliError, ModelLoadError, ValueError) as exc:
         print(f"codegen-lsp complete: error: {exc}", file=sys.stderr)
         return 2
-    # the server's one prompt cutter, with the engine's limit (a long file keeps its last lines)
-    ids, window = prompt_ids(before, engine.loaded.tokenizer, engine.prompt_limit(params.max_new_tokens))
+    ids, window, params = cli_prompt(args, engine, before, text[len(before) :], params)
     result = engine.session("cli").generate(ids, params)
     if result.stop_reason == StopReason.REMOTE_UNAVAILABLE:
         print(f"codegen-lsp complete: remote_unavailable: {result.extra['remote_error']}", file=sys.stderr)
@@ -195,6 +204,30 @@ def complete(args: argparse.Namespace) -> int:
     sys.stdout.write(result.text if args.raw else result.text.rstrip())  # the engine cut at the stops
     sys.stdout.flush()
     return 0
+
+
+def cli_prompt(args, engine, before: str, after: str, params):
+    """The server's one prompt cutter with the engine's limit (a long file keeps its last lines), in the
+    model's FIM template under --fim: (ids, window, params with the template's end tokens)."""
+    from lsp_server import fim
+    from lsp_server.prompt import fim_prompt_ids, prompt_ids
+
+    tok, limit = engine.loaded.tokenizer, engine.prompt_limit(params.max_new_tokens)
+    template = None if args.fim == "off" else fim.template_for(tok)
+    if template is None:
+        if args.fim == "on":
+            print(
+                "codegen-lsp: --fim on, but the model's tokenizer has no FIM tokens; prefix only",
+                file=sys.stderr,
+            )
+        ids, window = prompt_ids(before, tok, limit)
+        return ids, window, params
+    after = after.replace("\r\n", "\n")
+    prompt, window = fim_prompt_ids(before, after, tok, template, limit, args.fim_suffix_tokens)
+    log.info(
+        "FIM (%s): %d prefix and %d suffix tokens", template.name, prompt.prefix_tokens, prompt.suffix_tokens
+    )
+    return prompt.ids, window, dataclasses.replace(params, stop_ids=fim.stop_ids(template, tok))
 
 
 def read_source(path: Path) -> str:

@@ -32,6 +32,8 @@ async def status(server, args: list) -> dict:
             "lastPrefillOnOpen": comp.last_prefill,
             "emptyReasons": dict(comp.empty),
             "lastReason": comp.last_reason.get(uri) if uri else dict(comp.last_reason),
+            "lastPrompt": server.completer.prompt_status(uri),
+            "projectContext": server.completer.context.status(),
         },
         "latency": comp.latencies(),
         "acceptance": server.acceptance.status(),

@@ -3,62 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 
 from inference.rules import StopReason, prompt_limit
-from lsp_server import postprocess
+from lsp_server import fim, postprocess
+from lsp_server.answers import KINDS, LOOKUP_FIELDS, ROUTINE, EmptyReason, Outcome, Stats, Suggestion
+from lsp_server.context import ProjectContext
 from lsp_server.documents import Document, newline_of
 from lsp_server.models import ModelUnavailable
 from lsp_server.prefetch import Prefetcher
 from lsp_server.prefill import PrefillOnOpen
 from lsp_server.progress import show
-from lsp_server.prompt import PromptWindow, prompt_ids
+from lsp_server.prompt import Prompt, PromptWindow, fim_prompt_ids, prompt_ids
 from lsp_server.scheduler import Superseded
 
 log = logging.getLogger(__name__)
-
-# Request kinds; each has its own superseding chain, so a list completion and an inline completion for
-# the same keystroke do not cancel each other (they run one after the other on the one worker).
-KINDS = ("inline", "list")
-
-
-class EmptyReason(str, Enum):
-    """Why an answer is empty (codegen.status shows the plain string)."""
-
-    __str__ = str.__str__
-
-    SUPERSEDED = "superseded"  # a newer request for the same document replaced it
-    CANCELLED = "cancelled"  # the client sent $/cancelRequest
-    MID_WORD = "mid_word"  # automatic trigger with a word character right after the cursor
-    AT_DOCUMENT_START = "at_document_start"  # nothing before the cursor to continue
-    STOP_AT_ONCE = "stop_pattern_at_once"  # the first generated text matched a stop pattern / the scope limit
-    EOS_AT_ONCE = "eos_at_once"  # the model ended the text at once
-    BLANK = "blank"  # only white space was generated
-    SUFFIX_ONLY = "suffix_only"  # the completion only repeated the text after the cursor
-    CONTEXT_FULL = "context_full"  # no room left in the model's window
-    MODEL_NOT_LOADED = "model_not_loaded"  # no model could be loaded (see the message shown)
-    REMOTE_UNAVAILABLE = "remote_unavailable"  # the remote server did not answer (codegen.status: why)
-    ERROR = "error"  # an unexpected error (logged with its traceback)
-    DOCUMENT_CHANGED = "document_changed"  # the document was edited or closed while the answer was computed
-
-
-ROUTINE = (EmptyReason.SUPERSEDED, EmptyReason.CANCELLED, EmptyReason.MID_WORD)  # logged at debug level
-
-
-@dataclass
-class Outcome:
-    """What to insert and where (document offsets), or why nothing."""
-
-    text: str = ""
-    start: int = 0
-    end: int = 0
-    reason: EmptyReason | None = None
-    source: str = "model"  # "model" | "typed_through" | "prefetched"
-    latency_ms: float = 0.0
 
 
 @dataclass
@@ -74,6 +35,7 @@ class Request:
     before: str  # the text the model continues (LF line breaks)
     line_suffix: str  # the text after the answer's range on its line
     newline: str  # the document's line break
+    after: str = ""  # the text after the answer's range (LF line breaks): a FIM prompt's suffix
     t0: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -84,17 +46,17 @@ class Request:
         while eol < len(text) and text[eol] not in "\r\n":
             eol += 1
         line_suffix = text[offset:eol]
-        start, end, lead, before = offset, offset, None, text[:offset]
+        start, end, lead, before, after = offset, offset, None, text[:offset], text[offset:]
         if selected is not None:  # continue as if the selected item were accepted; answer over its range
             start, end, lead = selected
             end = max(end, start)
             before = text[:start] + lead
-            line_suffix = text[max(end, offset) : eol]
+            line_suffix, after = text[max(end, offset) : eol], text[max(end, offset) :]
         # The model sees "\n" line breaks; the inserted text gets the document's own (CRLF stays CRLF).
         newline = newline_of(text)
         if newline != "\n":
-            before = before.replace("\r\n", "\n")
-        return cls(doc, kind, automatic, start, end, lead, before, line_suffix, newline)
+            before, after = before.replace("\r\n", "\n"), after.replace("\r\n", "\n")
+        return cls(doc, kind, automatic, start, end, lead, before, line_suffix, newline, after)
 
     @property
     def job_key(self) -> tuple[str, str]:
@@ -104,57 +66,41 @@ class Request:
         return Outcome(start=self.start, end=self.end, reason=reason)
 
 
-@dataclass
-class Suggestion:
-    """The last completion of a document, for the typed-through cache."""
-
-    before: str  # effective text before the cursor when it was computed
-    text: str  # trimmed completion, before suffix fitting
-
-
-@dataclass
-class Stats:
-    """Counters and recent latencies for codegen.status."""
-
-    requests: int = 0
-    model_calls: int = 0
-    typed_through_hits: int = 0
-    empty: collections.Counter = field(default_factory=collections.Counter)
-    last_reason: dict[str, str | None] = field(default_factory=dict)  # uri -> reason of its last answer
-    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
-    prefills: int = 0  # prefill-on-open jobs that ran to the end
-    last_prefill: dict = field(default_factory=dict)
-
-    def latencies(self) -> dict:
-        if not self.recent:
-            return {}
-        last = self.recent[-1]
-        totals = sorted(r["totalMs"] for r in self.recent)
-        return {"last": last, "medianTotalMs": totals[len(totals) // 2], "count": len(self.recent)}
-
-
 class Completer:
     """Computes completions for the server; state per document lives here."""
 
     def __init__(self, server) -> None:
         self.server = server
         self.windows: dict[str, PromptWindow] = {}
+        self.prompts: dict[str, Prompt] = {}  # the last prompt of each document (codegen.status)
+        self.fim_told: set = set()  # models told of missing FIM tokens, (model, budget) of a capped suffix
         self.suggestions: dict[str, Suggestion] = {}
         self.stats = Stats()
         self.outages_told: dict[int, int] = {}  # id(remote engine) -> its outages the user was told of
         self.prefetch = Prefetcher(self)  # the completion after the last suggestion, computed ahead
         self.prefill = PrefillOnOpen(self)  # a just-opened document's cache, computed ahead
+        self.context = ProjectContext(server)  # chunks of the project's other files (lsp_server/context.py)
 
     def forget(self, uri: str | None = None) -> None:
         """Drop per-document state (one document, or all)."""
         self.prefetch.stop(uri)
+        self.context.closed(uri)
         if uri is None:
             self.windows.clear()
             self.suggestions.clear()
+            self.prompts.clear()
         else:
             self.windows.pop(uri, None)
+            self.prompts.pop(uri, None)
             self.suggestions.pop(uri, None)
             self.stats.last_reason.pop(uri, None)
+
+    def forget_prompt(self, uri: str) -> None:
+        """A closed document's prompt window and last prompt, again on the inference thread after the job
+        that was running at the close (it wrote them as it started)."""
+        self.windows.pop(uri, None)
+        self.prompts.pop(uri, None)
+        self.context.closed(uri)  # a selection that job made for it
 
     def _answer(self, uri: str, out: Outcome, t0: float) -> Outcome:
         out.latency_ms = (time.perf_counter() - t0) * 1000
@@ -177,11 +123,15 @@ class Completer:
         assert kind in KINDS, kind
         self.stats.requests += 1
         req = Request.at(doc, offset, automatic, selected, kind)
+        if not self.server.documents.is_open(doc):  # closed since it arrived: nothing of it is used or kept
+            return self._answer(doc.uri, req.empty(EmptyReason.DOCUMENT_CHANGED), req.t0)
+        self.context.looked(doc.uri, req.before.count("\n"))
         out = self._skipped(req) or self._typed_through(req)
         if out is None and kind == "inline":
             out = await self._prefetched(req)
         if out is None:
             out = await self._from_model(req)
+        self.context.after_request(doc, req.before, req.after)  # a stale context: chosen again when idle
         return self._answer(doc.uri, out, req.t0)
 
     def _skipped(self, req: Request) -> Outcome | None:
@@ -214,7 +164,8 @@ class Completer:
         if ahead is None:
             return None
         self.server.worker.supersede((doc.uri, "inline"))
-        self.suggestions[doc.uri] = Suggestion(req.before, ahead)
+        if self.server.documents.is_open(doc):  # a closed document's answer is never kept
+            self.suggestions[doc.uri] = Suggestion(req.before, ahead)
         if self.moved(doc):  # it waited for the prefetch: the document may have moved on meanwhile
             return req.empty(EmptyReason.DOCUMENT_CHANGED)
         out = self._fit(ahead, req)
@@ -237,8 +188,10 @@ class Completer:
 
     async def _generate(self, req: Request, entry):
         """The engine's GenerationResult for the request (run on the worker), or an Outcome saying why not."""
+        if not self.server.documents.is_open(req.doc):  # closed while its model loaded: nothing submitted
+            return req.empty(EmptyReason.DOCUMENT_CHANGED)
         stops = self.stops_for(req.doc.language_id, req.before)
-        generate = self.generator(req.doc.uri, entry, req.before, stops)
+        generate = self.generator(req.doc.uri, entry, req.before, stops, req.after)
         self.stats.model_calls += 1
         self.prefill.supersede()  # a request goes before any prefill-on-open
         self.prefetch.stop()  # ... and before any prefetch
@@ -263,10 +216,13 @@ class Completer:
             self.tell_outage(entry.engine, result.extra["remote_error"])
         completion = result.text.rstrip()
         self.record(result, req.t0)
+        if (prompt := self.prompts.get(uri)) is not None:
+            prompt.prefilled = result.prefill_tokens
         if not completion:
             self.suggestions.pop(uri, None)
             return req.empty(self.why_empty(result))
-        self.suggestions[uri] = Suggestion(req.before, completion)  # kept: the next keystroke types through
+        if self.server.documents.is_open(req.doc):  # kept while open: the next keystroke types through
+            self.suggestions[uri] = Suggestion(req.before, completion)
         if self.moved(req.doc):
             return req.empty(EmptyReason.DOCUMENT_CHANGED)
         out = self._fit(completion, req)
@@ -281,7 +237,8 @@ class Completer:
         if out.reason or entry is None:
             return
         accepted = before[: len(before) - len(lead or "")] + out.text.replace("\r\n", "\n")
-        self.prefetch.schedule(doc.uri, entry, doc.language_id, accepted)
+        after = doc.text[out.end :].replace("\r\n", "\n")  # what follows the answer once it is inserted
+        self.prefetch.schedule(doc.uri, entry, doc.language_id, accepted, after)
 
     def moved(self, snap: Document) -> bool:
         """Whether the live document is no longer the text `snap` was taken from (edited or closed)."""
@@ -301,25 +258,46 @@ class Completer:
         line_prefix = before[before.rfind("\n") + 1 :]
         return postprocess.patterns_for(language, s.mode_for(language), line_prefix, s.stop_patterns)
 
-    def generator(self, uri: str, entry, before: str, stops: tuple):
+    def generator(self, uri: str, entry, before: str, stops: tuple, after: str = ""):
         """What the worker runs: cut the prompt to token ids, then generate in the document's session."""
         from inference.generate import GenerationParams
 
         s = self.server.settings
         limit, max_new = self.budget(entry)
+        template = self.fim_template(entry)
         params = GenerationParams(
             max_new_tokens=max_new,
             temperature=s.temperature,
             top_p=s.top_p,
             stop_patterns=stops,
             max_latency_ms=s.max_latency_ms,
+            stop_ids=fim.stop_ids(template, entry.loaded.tokenizer) if template else (),
+            prompt_lookup=s.prompt_lookup,
         )
 
         def run(should_cancel):
-            ids = self.prompt_ids(uri, entry, before, limit)
+            ids = self.prompt_ids(uri, entry, before, limit, after, template)
             return entry.engine.session(uri).generate(ids, params, should_cancel=should_cancel)
 
         return run
+
+    def fim_template(self, entry):
+        """The FIM template a prompt to this model uses under the `fim` setting, or None (prefix only)."""
+        mode = self.server.settings.fim
+        if mode == "off":
+            return None
+        loaded = entry.loaded
+        if not hasattr(loaded, "fim_template"):  # found once per model, from its tokenizer's special tokens
+            loaded.fim_template = fim.template_for(loaded.tokenizer)
+        template = loaded.fim_template
+        if template is None and mode == "on" and id(loaded) not in self.fim_told:
+            self.fim_told.add(id(loaded))
+            show(
+                self.server,
+                f"codegen: fim is on, but {loaded.name}'s tokenizer has no fill-in-the-middle tokens; "
+                "completing from the text before the cursor",
+            )
+        return template
 
     def budget(self, entry) -> tuple[int, int]:
         """(prompt tokens, new tokens) of one request to this model under the current settings: the window is
@@ -330,10 +308,52 @@ class Completer:
         max_new = max(1, min(s.max_new_tokens, window // 2))
         return prompt_limit(window, max_new), max_new
 
-    def prompt_ids(self, uri: str, entry, before: str, limit: int) -> list[int]:
-        """The prompt's token ids cut from `before` (keeping the document's window start)."""
-        ids, self.windows[uri] = prompt_ids(before, entry.loaded.tokenizer, limit, self.windows.get(uri))
-        return ids
+    def prompt_ids(
+        self, uri: str, entry, before: str, limit: int, after: str = "", template=None
+    ) -> list[int]:
+        """The prompt's token ids: `before` cut from the left (keeping the document's window start), in the
+        FIM template with `after` cut to fimSuffixTokens when there is one."""
+        tok, window = entry.loaded.tokenizer, self.windows.get(uri)
+        context = self.context.layout(uri, entry, before, after, limit, template, template is not None)
+        limit -= len(context)  # fixed between events: the prefix's start stays put while the user types
+        if template is None:
+            ids, self.windows[uri] = prompt_ids(before, tok, limit, window)
+            prompt = Prompt(context.head + context.inner + ids, None, len(ids), 0)
+        else:
+            budget = self.server.settings.fim_suffix_tokens
+            half = (limit - fim.overhead(template, tok)) // 2
+            if budget > half and (entry.loaded.name, budget) not in self.fim_told:
+                self.fim_told.add((entry.loaded.name, budget))
+                log.info(
+                    "fimSuffixTokens %d is over half of %s's prompt: the suffix gets %d",
+                    budget,
+                    entry.loaded.name,
+                    half,
+                )
+            prompt, self.windows[uri] = fim_prompt_ids(
+                before, after, tok, template, limit, budget, window, context.inner
+            )
+            prompt.ids = context.head + prompt.ids
+        prompt.context, prompt.context_tokens = context.chunks, len(context)
+        self.prompts[uri] = prompt
+        return prompt.ids
+
+    def prompt_status(self, uri: str | None) -> dict:
+        """The last prompt of a document (or of each): its FIM template (null: none), tokens of each part."""
+
+        def show(p: Prompt) -> dict:
+            tokens = {
+                "promptTokens": len(p.ids),
+                "prefixTokens": p.prefix_tokens,
+                "suffixTokens": p.suffix_tokens,
+                "contextTokens": p.context_tokens,
+                "prefilledTokens": p.prefilled,
+            }
+            return {"fimTemplate": p.template, **tokens, "context": [c.status(n) for c, n in p.context]}
+
+        if uri is not None:
+            return show(self.prompts[uri]) if uri in self.prompts else {}
+        return {u: show(p) for u, p in self.prompts.items()}
 
     def typed_through(self, uri: str, before: str) -> str | None:
         """The rest of the last suggestion when the text typed since then is its start."""
@@ -347,6 +367,7 @@ class Completer:
 
     def _fit(self, completion: str, req: Request) -> Outcome:
         """The answer inserting `completion` over the request's range, without repeating the line's suffix."""
+        completion = postprocess.cut_suffix_repeat(completion, req.after)
         text, replaced = postprocess.fit_suffix(completion, req.line_suffix)
         if replaced and req.lead is not None:  # a selected item's range cannot grow: keep the first line
             text, replaced = postprocess.fit_suffix(completion.partition("\n")[0], req.line_suffix)
@@ -368,6 +389,7 @@ class Completer:
                 "prefillTokens": result.prefill_tokens,
                 "newTokens": len(result.token_ids),
                 "stopReason": result.stop_reason,
+                **{camel: result.extra[k] for k, camel in LOOKUP_FIELDS.items() if k in result.extra},
             }
         )
 

@@ -15,3 +15,5 @@ LANGUAGE_BY_SUFFIX = {
     ".cc": "cpp", ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby", ".sh": "shellscript",
     ".lua": "lua", ".sql": "sql", ".php": "php", ".cs": "csharp", ".kt": "kotlin", ".swift": "swift",
 }  # fmt: skip
+FIM_MODES = ("auto", "on", "off")
+FIM_SUFFIX_TOKENS = 32  # a keystroke in the middle re-reads the suffix (docs/PERFORMANCE.md measures it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from bisect import bisect_right
@@ -36,6 +37,7 @@ class Document:
     text: str
     _starts: list[int] = field(default_factory=list, repr=False)
     _ends: list[int] = field(default_factory=list, repr=False)
+    opened: int = 0  # which didOpen this text belongs to (Documents numbers them; a snapshot keeps it)
 
     def __post_init__(self) -> None:
         if not self._starts:  # a snapshot shares the line index (never mutated, only replaced)
@@ -55,7 +57,9 @@ class Document:
 
     def snapshot(self) -> Document:
         """A frozen copy (text, version, line index): a request answers against the text it arrived on."""
-        return Document(self.uri, self.language_id, self.version, self.text, self._starts, self._ends)
+        return Document(
+            self.uri, self.language_id, self.version, self.text, self._starts, self._ends, self.opened
+        )
 
     def offset_at(self, line: int, character: int, encoding: str = "utf-16") -> tuple[int, bool]:
         """(string index, clamped?) of an LSP position; past-the-end lines/characters clamp to the end."""
@@ -107,9 +111,10 @@ class Documents:
 
     def __init__(self) -> None:
         self._docs: dict[str, Document] = {}
+        self._opens = itertools.count(1)
 
     def open(self, uri: str, language_id: str, version: int, text: str) -> Document:
-        doc = Document(uri, language_id or "plaintext", version, text)
+        doc = Document(uri, language_id or "plaintext", version, text, opened=next(self._opens))
         self._docs[uri] = doc
         return doc
 
@@ -120,12 +125,20 @@ class Documents:
         """The open document, or DocumentError naming the URI."""
         doc = self._docs.get(uri)
         if doc is None:
-            raise DocumentError(f"unknown document {uri!r}: it was never opened (send textDocument/didOpen)")
+            raise DocumentError(
+                f"unknown document {uri!r}: not open (never opened, or closed; send textDocument/didOpen)"
+            )
         return doc
 
     def find(self, uri: str) -> Document | None:
         """The open document, or None."""
         return self._docs.get(uri)
+
+    def is_open(self, doc: Document) -> bool:
+        """Whether `doc` (a document or a snapshot of one) is still open: neither closed since, nor closed and
+        opened again (a request of a closed document leaves nothing behind, even under a reopened URI)."""
+        live = self._docs.get(doc.uri)
+        return live is not None and live.opened == doc.opened
 
     def __contains__(self, uri: str) -> bool:
         return uri in self._docs

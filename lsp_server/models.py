@@ -1,5 +1,6 @@
 """Model manager: per-language model map, lazy loading on first use with $/progress, LRU unloading
-within `modelMemoryBudgetMb`, and a one-time message when the built-in model stands in for a failed one."""
+within `modelMemoryBudgetMb` (resident bytes), and a one-time message when the previous model or the built-in
+one stands in for a model that failed (or would not fit in memory)."""
 
 from __future__ import annotations
 
@@ -69,13 +70,15 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def _weight_bytes(model) -> int:
-    from inference.quant import int8_bytes
+    from inference.memory import resident_bytes
 
-    return (
-        sum(p.numel() * p.element_size() for p in model.parameters())
-        + sum(b.numel() * b.element_size() for b in model.buffers())
-        + int8_bytes(model)
-    )
+    return resident_bytes(model)
+
+
+def _cache_bytes(entry: ModelEntry) -> int:
+    """The KV-cache bytes an engine holds now (0 for a remote one)."""
+    pool = getattr(entry.engine, "pool", None)
+    return int(getattr(pool, "nbytes", 0) or 0)
 
 
 class ModelManager:
@@ -103,17 +106,30 @@ class ModelManager:
         """New settings: forget failures, unload models no language uses any more, resize the KV caches."""
         if settings.cache_budget_mb != self.settings.cache_budget_mb:
             self._resize_caches(settings.cache_budget_mb << 20)
+        languages = {""} | set(self.settings.language_models) | set(settings.language_models)
+        before = {lang: self.key_of(lang) for lang in languages}
         self.settings = settings
         self.failures.clear()
         self._told.clear()
-        wanted = {self.key_of("")} | {self.key_of(lang) for lang in settings.language_models}
+        wanted = self._wanted()
         for key in list(self.entries):
             entry = self.entries[key]
             stand_in = entry.stands_in_for is not None and self.key_for(entry.stands_in_for) in wanted
-            if key not in wanted and not stand_in:
-                self.unload(key)
-            elif key in wanted:  # chosen now: it serves its own name (a failing model marks it again)
+            # the local models it served languages for, not loaded yet: it serves on until they are
+            replaced_by = [
+                k
+                for lang, old in before.items()
+                if old == key and (k := self.key_of(lang)) not in self.entries and k[1] != REMOTE
+            ]
+            if key in wanted:  # chosen now: it serves its own name (a failing model marks it again)
                 entry.stands_in_for = None
+            elif not stand_in and replaced_by and entry.device != REMOTE:
+                entry.stands_in_for = replaced_by[0][0]
+            elif not stand_in:
+                self.unload(key)
+
+    def _wanted(self) -> set:
+        return {self.key_of("")} | {self.key_of(lang) for lang in self.settings.language_models}
 
     def _resize_caches(self, budget: int) -> None:
         """Every engine's cache pool to `budget` bytes, on the inference thread (it takes the engine lock)."""
@@ -156,6 +172,15 @@ class ModelManager:
         try:
             entry = await self._get(key)
         except ModelUnavailable as e:
+            previous = next((p for p in self.entries.values() if p.stands_in_for == name), None)
+            if previous is not None and previous.name != BUILTIN:
+                if name not in self._told:
+                    self._told.add(name)
+                    show(
+                        self.ls, f"codegen: {e}. Keeping {previous.name} for now.", types.MessageType.Warning
+                    )
+                previous.last_used = time.monotonic()
+                return previous
             if name == BUILTIN:
                 raise
             try:
@@ -198,12 +223,25 @@ class ModelManager:
         def on_progress(*args, **kwargs) -> None:
             progress.report(" ".join(str(a) for a in (*args, *kwargs.values()) if a is not None))
 
+        available, on_fits = self._memory_hooks(name)
+
         def load() -> ModelEntry:
             t0 = time.perf_counter()
             if device == REMOTE:
                 return remote_entry(json.loads(dtype), t0)
-            loaded = load_model(name, device=device, dtype=dtype, progress=on_progress, allow_fallback=False)
-            engine = Engine(loaded, cache_budget_bytes=self.settings.cache_budget_mb << 20)
+            budget = self.settings.cache_budget_mb << 20
+            loaded = load_model(
+                name,
+                device=device,
+                dtype=dtype,
+                progress=on_progress,
+                allow_fallback=False,
+                prepared_cache=self.settings.prepared_cache,
+                kv_bytes=budget,
+                available=available,
+                on_fits=on_fits,
+            )
+            engine = Engine(loaded, cache_budget_bytes=budget)
             return ModelEntry(
                 name, device, dtype, loaded, engine, _weight_bytes(loaded.model), time.perf_counter() - t0
             )
@@ -219,18 +257,45 @@ class ModelManager:
             raise ModelUnavailable(message) from None
         entry.stands_in_for = stands_in_for
         self.entries[key] = entry  # before the progress ends: a client then asking for the status sees it
+        self._drop_replaced(name)
         self._enforce_budget(keep=key)
         progress.end(f"loaded in {entry.load_s:.1f} s")
         log.info("loaded %s on %s (%s) in %.2f s", name, device, dtype, entry.load_s)
         return entry
 
+    def _memory_hooks(self, name: str):
+        """(available, on_fits) for loading `name`: the memory of the models it replaces counts as free, and
+        they are unloaded as soon as it is known to fit (before its weights are read)."""
+        loop = asyncio.get_running_loop()
+        previous = [e for e in self.entries.values() if e.stands_in_for == name and e.device != REMOTE]
+        freed = sum(e.weight_bytes + _cache_bytes(e) for e in previous)
+
+        def available() -> int | None:
+            from inference.memory import available_bytes
+
+            have = available_bytes()
+            return None if have is None else have + freed
+
+        def on_fits() -> None:
+            if previous:
+                loop.call_soon_threadsafe(self._drop_replaced, name)
+
+        return available, on_fits
+
+    def _drop_replaced(self, name: str) -> None:
+        """Unload the models that served on while `name` loaded (not one another language chose)."""
+        wanted = self._wanted()
+        for key, e in list(self.entries.items()):
+            if e.stands_in_for == name and key not in wanted:
+                self.unload(key)
+
     def _enforce_budget(self, keep) -> None:
+        """Unload least recently used local models while their resident weights and KV caches exceed it."""
         budget = self.settings.model_memory_budget_mb << 20
         if budget <= 0:
             return
-        cache = self.settings.cache_budget_mb << 20
         local = [e for e in self.entries.values() if e.device != REMOTE]
-        while sum(e.weight_bytes + cache for e in local) > budget and len(local) > 1:
+        while sum(e.weight_bytes + _cache_bytes(e) for e in local) > budget and len(local) > 1:
             lru = min((e for e in local if e.key != keep), key=lambda e: e.last_used)
             local.remove(lru)
             self.unload(lru.key)
@@ -249,7 +314,11 @@ class ModelManager:
                     "dtype": getattr(e.loaded, "precision", e.dtype),
                     "dtypeReason": getattr(e.loaded, "why", ""),
                     "weightMb": round(e.weight_bytes / 2**20, 1),
+                    "residentMb": round(e.weight_bytes / 2**20, 1),
+                    "cacheMb": round(_cache_bytes(e) / 2**20, 1),
                     "loadSeconds": round(e.load_s, 3),
+                    "preparedCache": getattr(e.loaded, "prepared", ""),
+                    "peakEstimateMb": round(getattr(e.loaded, "peak_estimate", 0) / 2**20, 1),
                     "standsInFor": e.stands_in_for,
                     "engine": stats,
                 }

@@ -102,6 +102,21 @@ def fit_suffix(text: str, line_suffix: str) -> tuple[str, int]:
     return fit_suffix(first, line_suffix)
 
 
+def cut_suffix_repeat(text: str, after: str) -> str:
+    """`text` cut before its first line (past the first) that repeats the first non-blank line below the
+    cursor's line: the code that follows is already there (FIM models see it; the others guess it)."""
+    below = next((ln.strip() for ln in after.split("\n")[1:] if ln.strip()), "")
+    if not below or "\n" not in text:
+        return text
+    pos = text.find("\n")
+    while pos != -1:
+        end = text.find("\n", pos + 1)
+        if text[pos + 1 : end if end != -1 else len(text)].strip() == below:
+            return text[:pos]
+        pos = end
+    return text
+
+
 def mid_word(line_suffix: str) -> bool:
     """True when the cursor touches a word on its right (automatic completion is skipped there)."""
     return bool(line_suffix) and WORD_CHAR.match(line_suffix[0]) is not None

@@ -31,6 +31,7 @@ class Prefetched:
 
     uri: str
     before: str
+    after: str = ""  # the text after the cursor (a FIM prompt's suffix)
     text: str | None = None  # trimmed completion; None while computing (or when it was stopped)
     task: asyncio.Task | None = None
 
@@ -49,21 +50,23 @@ class Prefetcher:
     def server(self):
         return self.completer.server
 
-    def schedule(self, uri: str, entry, language: str, before_next: str) -> None:
-        """Compute the completion of `before_next` (the text once the suggestion is accepted) in the
-        background, unless the setting is off."""
+    def schedule(self, uri: str, entry, language: str, before_next: str, after: str = "") -> None:
+        """Compute the completion of `before_next` (the text once the suggestion is accepted; `after` follows
+        it) in the background, unless the setting is off."""
         if not self.server.settings.prefetch:
             return
         self.stop()
-        job = Prefetched(uri, before_next)
+        job = Prefetched(uri, before_next, after)
         job.task = asyncio.ensure_future(self._run(job, entry, language))
         self.current = job
         self.server.background.add(job.task)
         job.task.add_done_callback(self.server.background.discard)
 
     async def _run(self, job: Prefetched, entry, language: str) -> None:
+        if self.current is not job:  # stopped before it started (a request, an edit, its document closed)
+            return
         stops = self.completer.stops_for(language, job.before)
-        generate = self.completer.generator(job.uri, entry, job.before, stops)
+        generate = self.completer.generator(job.uri, entry, job.before, stops, job.after)
         self.started += 1
         try:
             result = await self.server.worker.submit(PREFETCH_KEY, generate)

@@ -56,7 +56,7 @@ class PrefillOnOpen:
             if not entry.engine.pool.has_room_for(uri):
                 return None  # never evict the cache of a document being edited for one just opened
             t0 = time.perf_counter()
-            ids = comp.prompt_ids(uri, entry, before, limit)
+            ids = comp.prompt_ids(uri, entry, before, limit, "", comp.fim_template(entry))
             done = entry.engine.session(uri).prefill(ids, should_cancel)
             ms = round((time.perf_counter() - t0) * 1000, 2)
             return {"uri": uri, "promptTokens": len(ids), "prefillTokens": done, "ms": ms}

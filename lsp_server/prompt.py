@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ANCHOR_CHARS = 64  # text remembered at the prompt start to notice edits above it
 MAX_CHARS_PER_TOKEN = 16  # never look further back than budget * this many characters
@@ -81,3 +81,52 @@ def prompt_ids(
 
     prompt, window = cut_prompt(text, limit, count, window)
     return (last[1] if last[0] == prompt else tokenizer.encode(prompt)), window
+
+
+def cut_suffix(after: str, budget: int, count: Callable[[str], int]) -> str:
+    """The start of `after` (the text after the cursor) within `budget` tokens, cut at a line end: whole lines
+    from the cursor on, the last one that fits ending it (only the cursor's own line is ever cut inside)."""
+    if budget <= 0 or not after:
+        return ""
+    if len(after) <= budget * MAX_CHARS_PER_TOKEN and count(after) <= budget:
+        return after
+    after = after[: budget * MAX_CHARS_PER_TOKEN]
+    ends = [i + 1 for i, ch in enumerate(after) if ch == "\n"]  # cut points after each line break
+    # largest line end whose text fits (token counts grow with the end)
+    k = bisect_left(range(len(ends)), True, key=lambda j: count(after[: ends[j]]) > budget)
+    if k > 0:
+        return after[: ends[k - 1]]
+    first = after[: ends[0]] if ends else after  # the cursor's line alone is over the budget: cut inside it
+    n = bisect_left(range(len(first) + 1), True, key=lambda j: count(first[:j]) > budget)
+    return first[: max(0, n - 1)]
+
+
+@dataclass
+class Prompt:
+    """A prompt's token ids and how they were made (codegen.status shows it)."""
+
+    ids: list[int]
+    template: str | None = None  # the FIM template's name; None: the text before the cursor only
+    prefix_tokens: int = 0
+    suffix_tokens: int = 0
+    context: list = field(default_factory=list)  # project context: (chunk, tokens) before the prefix
+    context_tokens: int = 0  # its ids, with the layout's headers
+    prefilled: int | None = None  # tokens its request prefilled (the rest came from the KV cache)
+
+
+def fim_prompt_ids(
+    before: str, after: str, tokenizer, template, limit: int, suffix_budget: int, window=None, inner=()
+) -> tuple[Prompt, PromptWindow]:
+    """The FIM prompt (lsp_server/fim.py's template) within `limit` tokens: the suffix cut to `suffix_budget`
+    tokens at a line end, the prefix cut by cut_prompt to what the template and the suffix's whole budget
+    leave (a fixed share, so the prefix's start does not move with the suffix's length); `inner`: context
+    ids at the start of the prefix part, counted in `limit` by the caller."""
+    from lsp_server import fim
+
+    extra = fim.overhead(template, tokenizer)
+    suffix_budget = max(0, min(suffix_budget, (limit - extra) // 2))  # the prefix keeps at least half
+    suffix = cut_suffix(after, suffix_budget, lambda t: len(tokenizer.encode(t)))
+    suffix_ids = tokenizer.encode(suffix) if suffix else []
+    prefix_ids, window = prompt_ids(before, tokenizer, max(1, limit - extra - suffix_budget), window)
+    ids = fim.build(template, tokenizer, [*inner, *prefix_ids], suffix_ids)
+    return Prompt(ids, template.name, len(prefix_ids), len(suffix_ids)), window

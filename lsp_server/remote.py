@@ -350,6 +350,8 @@ def request_body(model: str, ids: list[int], params, capacity: int) -> dict:
     }
     if params.seed is not None:
         body["seed"] = params.seed
+    if params.stop_ids:  # a FIM template's end tokens (vLLM's stop_token_ids)
+        body["stop_token_ids"] = list(params.stop_ids)
     stops = literal_stops([p.pattern for p in params.stop_patterns])
     if stops:
         body["stop"] = stops

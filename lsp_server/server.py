@@ -14,7 +14,8 @@ from pygls.lsp.server import LanguageServer
 
 from lsp_server import acceptance, commands, jsonrpc, synthesis_commands
 from lsp_server import settings as settings_mod
-from lsp_server.completion import KINDS, Completer
+from lsp_server.answers import KINDS
+from lsp_server.completion import Completer
 from lsp_server.documents import DocumentError, Documents
 from lsp_server.models import ModelManager, off_loop
 from lsp_server.progress import log_to_client, show
@@ -156,6 +157,7 @@ async def did_change_configuration(ls: CodegenServer, params: types.DidChangeCon
 def did_open(ls: CodegenServer, params: types.DidOpenTextDocumentParams) -> None:
     d = params.text_document
     doc = ls.documents.open(d.uri, d.language_id, d.version, d.text)
+    ls.completer.context.opened(d.uri)
     if ls.settings.prefill_on_open:
         task = asyncio.ensure_future(ls.completer.prefill.run(doc))
         ls.background.add(task)
@@ -170,8 +172,13 @@ def did_change(ls: CodegenServer, params: types.DidChangeTextDocumentParams) -> 
             doc.apply_change(change, ls.position_encoding)
         doc.version = params.text_document.version
         ls.completer.prefetch.edited(doc, params.content_changes, ls.position_encoding)
+        ls.completer.context.edited(uri, params.content_changes)
     except DocumentError as e:
         log_to_client(ls, f"codegen: {e}", types.MessageType.Warning)
+
+
+def did_save(ls: CodegenServer, params: types.DidSaveTextDocumentParams) -> None:
+    ls.completer.context.event()  # the project context is chosen again (in the background)
 
 
 def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -181,11 +188,20 @@ def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> No
     ls.completer.prefill.stop(uri)
     for kind in KINDS:
         ls.worker.supersede((uri, kind))
-    # Free the caches at once where no generation holds the engine (so status shows it), else on the
-    # inference thread: the event loop never waits for a generation.
-    busy = [entry.engine for entry in ls.models.entries.values() if not entry.engine.try_drop_session(uri)]
-    if busy:
-        off_loop(ls.worker, lambda: [engine.drop_session(uri) for engine in busy])
+    # Free the caches at once where no generation holds the engine (so status shows it); and again on the
+    # inference thread after the job running now (superseded, it stops at its next step but may have written
+    # this document's prompt and KV session as it started). The event loop never waits for a generation; a
+    # reopened document's jobs run after that.
+    engines = [entry.engine for entry in ls.models.entries.values()]
+    for engine in engines:
+        engine.try_drop_session(uri)
+
+    def after_running_job() -> None:
+        ls.completer.forget_prompt(uri)
+        for engine in engines:
+            engine.drop_session(uri)
+
+    off_loop(ls.worker, after_running_job)
 
 
 async def inline_completion(ls: CodegenServer, params: types.InlineCompletionParams):
@@ -244,6 +260,7 @@ def create_server() -> CodegenServer:
         (types.TEXT_DOCUMENT_DID_OPEN, did_open, None),
         (types.TEXT_DOCUMENT_DID_CHANGE, did_change, None),
         (types.TEXT_DOCUMENT_DID_CLOSE, did_close, None),
+        (types.TEXT_DOCUMENT_DID_SAVE, did_save, None),
         (types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_completion, types.InlineCompletionOptions()),
         (types.TEXT_DOCUMENT_COMPLETION, completion, COMPLETION_OPTIONS),
     )

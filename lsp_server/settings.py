@@ -20,7 +20,7 @@ from typing import Any
 
 import cattrs
 
-from lsp_server.constants import DEFAULT_MODEL, MODES, PROSE_LANGUAGES
+from lsp_server.constants import DEFAULT_MODEL, FIM_MODES, FIM_SUFFIX_TOKENS, MODES, PROSE_LANGUAGES
 
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
@@ -129,6 +129,54 @@ _REMOTE_SCHEMA = {
 }
 
 
+# Secrets by name, left out whatever `exclude` says (lsp_server/context_files.py); exclude's default.
+SECRET_GLOBS = (".env*", "*.pem", "*.key", "id_rsa*", ".netrc", "credentials*", "*.p12", "*.pfx", ".git/**")
+PROJECT_CONTEXT = {
+    "enabled": True,
+    "maxTokens": 1024,
+    "maxChunks": 8,
+    "exclude": list(SECRET_GLOBS),
+    "remote": True,
+}
+
+
+def _project_context(v: dict) -> dict:
+    """projectContext's keys checked one by one; the ones left out keep their defaults."""
+    out = copy.deepcopy(PROJECT_CONTEXT)
+    for key, value in v.items():
+        if key not in out:
+            raise ValueError(f"unknown key {key[:40]!r} (expected {', '.join(PROJECT_CONTEXT)})")
+        if key in ("enabled", "remote") and not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {_show(value)}")
+        if key in ("maxTokens", "maxChunks") and (
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1 << 20
+        ):
+            raise ValueError(f"{key}: expected an integer in [0, {1 << 20}], got {_show(value)}")
+        if key == "exclude" and not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+            raise ValueError(f"exclude: expected a list of glob patterns, got {_show(value)}")
+        out[key] = value
+    return out
+
+
+_PROJECT_CONTEXT_SCHEMA = {
+    "type": "object",
+    "default": PROJECT_CONTEXT,
+    "properties": {
+        "enabled": {"type": "boolean", "default": True},
+        "maxTokens": {"type": "integer", "minimum": 0, "default": PROJECT_CONTEXT["maxTokens"]},
+        "maxChunks": {"type": "integer", "minimum": 0, "default": PROJECT_CONTEXT["maxChunks"]},
+        "exclude": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": list(SECRET_GLOBS),
+            "description": "Glob patterns (workspace-relative; no `/`: a name at any depth) left out; the "
+            "defaults are left out even when this list drops them",
+        },
+        "remote": {"type": "boolean", "default": True, "description": "false: no context to a team server"},
+    },
+}
+
+
 _MODE_SCHEMA = {
     "type": "string",
     "enum": ["", *MODES],
@@ -193,6 +241,31 @@ TABLE: tuple[Option, ...] = (
         "after an inline suggestion, compute the one that follows it as if accepted (lowest priority)",
     ),
     Option(
+        "fim",
+        str,
+        "auto",
+        "fill-in-the-middle (the text after the cursor in the prompt, in the model's template): `auto` (on "
+        "when the model's tokenizer has FIM sentinels), `on`, `off`; codegen.status shows the template",
+        choices=FIM_MODES,
+    ),
+    Option(
+        "fimSuffixTokens",
+        int,
+        FIM_SUFFIX_TOKENS,
+        "token budget of the text after the cursor in a FIM prompt, cut at line ends (at most half the "
+        "prompt); why this default: docs/PERFORMANCE.md",
+        lo=0,
+        hi=1 << 16,
+    ),
+    Option(
+        "promptLookup",
+        bool,
+        True,
+        "greedy completions check the continuation of a repeated n-gram in the same pass as the next token: "
+        "the same text in fewer passes, on models where a pass of a few rows costs about a step "
+        "(docs/PERFORMANCE.md)",
+    ),
+    Option(
         "completionMode",
         str | dict[str, str],
         default_modes(),
@@ -219,9 +292,17 @@ TABLE: tuple[Option, ...] = (
         "modelMemoryBudgetMb",
         int,
         0,
-        "weights + caches; least recently used models unload; 0 = none",
+        "resident weights + allocated KV caches of the local models; least recently used models unload; "
+        "0 = none",
         lo=0,
         hi=1 << 24,
+    ),
+    Option(
+        "preparedCache",
+        str,
+        "",
+        "directory of the prepared-weights cache (models in the engine's ready layout: a restart maps them "
+        "instead of converting the checkpoint); empty = beside the hub cache, `off` = none",
     ),
     Option("logLevel", str, "info", "server log level", choices=LOG_LEVELS),
     Option(
@@ -240,6 +321,16 @@ TABLE: tuple[Option, ...] = (
         "idle time after which a synthesis conversation is freed",
         lo=0.1,
         hi=86400.0,
+    ),
+    Option(
+        "projectContext",
+        dict,
+        dict(PROJECT_CONTEXT),
+        "chunks of the workspace's other files before the current file (open documents, recent places, "
+        "Python definitions): `{enabled, maxTokens, maxChunks, exclude, remote}`; `exclude`: globs left out "
+        "(secrets by name always are); `remote: false`: none sent to a team server; docs/PERFORMANCE.md",
+        check=_project_context,
+        schema=_PROJECT_CONTEXT_SCHEMA,
     ),
 )
 OPTIONS = {o.name: o for o in TABLE}

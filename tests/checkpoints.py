@@ -165,3 +165,87 @@ def make_neox_japanese_checkpoint(
     for name in NEOX_JA_TOKENIZER_FILES:
         shutil.copy(NEOX_JA_TOKENIZER_DIR / name, dest / name)
     return dest
+
+
+QWEN_TOKENIZER_DIR = SHARED_DATA / "qwen2.5-coder-tokenizer"
+QWEN_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Qwen2.5-Coder-0.5B's exact shape (../shared/data/qwen2.5-coder-tokenizer/README.md)
+QWEN_05B_SHAPE = dict(
+    model_type="qwen2",
+    n_layer=24,
+    hidden_size=896,
+    n_head=14,
+    n_kv_head=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+)
+
+
+def make_llama_checkpoint(
+    dest: Path,
+    *,
+    model_type: str = "qwen2",
+    n_layer: int = 2,
+    hidden_size: int = 64,
+    n_head: int = 4,
+    n_kv_head: int = 2,
+    intermediate_size: int = 160,
+    vocab_size: int = 151936,
+    tie_word_embeddings: bool = False,
+    rope_theta: float = 10000.0,
+    rope_scaling: dict | None = None,
+    rms_norm_eps: float = 1e-6,
+    max_position_embeddings: int = 512,
+    attention_bias: bool = False,
+    head_dim: int | None = None,
+    seed: int = 0,
+    init_std: float = 0.5,
+    max_shard_size: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-weight Llama / Qwen2 / Qwen3 checkpoint (config, safetensors, the Qwen2 tokenizer)."""
+    import transformers
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    names = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[model_type]
+    config_cls = getattr(transformers, f"{names}Config")
+    model_cls = getattr(transformers, f"{names}ForCausalLM")
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_kv_head,
+        intermediate_size=intermediate_size,
+        tie_word_embeddings=tie_word_embeddings,
+        rms_norm_eps=rms_norm_eps,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    )
+    rope = {"rope_type": "default", "rope_theta": rope_theta, **(rope_scaling or {})}
+    kwargs["rope_parameters"] = rope
+    if model_type != "qwen2":
+        kwargs["attention_bias"] = attention_bias
+    if head_dim is not None:
+        kwargs["head_dim"] = head_dim
+    config = config_cls(**kwargs)
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    # Larger-than-default random weights (norm weights near 1) so logits are far from uniform.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, init_std / (p.shape[-1] ** 0.5) if p.dim() > 1 else 0.1)
+            if name.endswith("norm.weight"):
+                p.add_(1.0)
+    model.to(dtype)
+    save = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(dest, **save)
+    for name in QWEN_TOKENIZER_FILES:
+        shutil.copy(QWEN_TOKENIZER_DIR / name, dest / name)
+    return dest

@@ -20,6 +20,9 @@ from tests.checkpoints import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests (and the servers they start) never write the user's prepared-weights cache; tests of the cache pass
+# a directory of their own (inference/prepared.py).
+os.environ.setdefault("CODEGEN_LSP_PREPARED_CACHE", "off")
 SERVER_COMMAND = [sys.executable, "-m", "lsp_server", "serve"]
 TINY = dict(n_layer=2, n_embd=64, n_head=4, rotary_dim=8, n_positions=256)
 
@@ -93,14 +96,17 @@ class Servers:
         self.clients: list[LanguageClient] = []
 
     async def __call__(
-        self, options: dict | None = None, encodings: list[str] | None = None, command=None, **env
+        self, options: dict | None = None, encodings: list[str] | None = None, command=None, folders=(), **env
     ):
         config = ClientServerConfig(server_command=command or SERVER_COMMAND, server_env=server_env(**env))
         client = await config.start()
         self.clients.append(client)
         client.init_result = await client.initialize_session(
             types.InitializeParams(
-                capabilities=client_capabilities(encodings), initialization_options=options or {}
+                capabilities=client_capabilities(encodings),
+                initialization_options=options or {},
+                workspace_folders=[types.WorkspaceFolder(Path(f).as_uri(), Path(f).name) for f in folders]
+                or None,
             )
         )
         return client

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +19,9 @@ MALFORMED = {
 
 class FakeOpenAI:
     """Streams `tokens` (ids, decoded with `tokenizer`) one chunk each; `mode` picks a fault:
-    ok | http500 | no_done | slow (no answer before `delay_s`) | one of MALFORMED."""
+    ok | http500 | no_done | slow (no answer before `delay_s`) | one of MALFORMED | after `fault_after`
+    tokens: stop_listening (as vLLM stopped by SIGTERM: no new connection is accepted and the open stream
+    stays open, silent, until stop()) or reset (the connection reset, as by a killed process)."""
 
     def __init__(self, tokenizer, tokens: list[int], port: int = 0, model: str = "fake", max_model_len=512):
         self.tokenizer, self.tokens, self.model, self.max_model_len = tokenizer, tokens, model, max_model_len
@@ -27,6 +31,10 @@ class FakeOpenAI:
         self.headers: list[dict] = []
         self.sent: list[int] = []  # tokens sent per request
         self.disconnected: list[bool] = []  # the client closed the stream before the end, per request
+        self.connections = 0  # TCP connections accepted (requests' and any others)
+        self.fault_after = 0
+        self.gone_at: float | None = None  # time.monotonic() when stop_listening took effect
+        self.released = threading.Event()  # stop(): the silent stream of stop_listening ends
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,6 +42,10 @@ class FakeOpenAI:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                fake.connections += 1
+                super().setup()
 
             def do_GET(self):
                 body = {"data": [{"id": fake.model, "max_model_len": fake.max_model_len}]}
@@ -75,7 +87,10 @@ class FakeOpenAI:
                 h.wfile.write(MALFORMED[self.mode])
                 h.wfile.flush()
                 return
-            for i in self.tokens[: self.requests[-1]["max_tokens"]]:
+            for k, i in enumerate(self.tokens[: self.requests[-1]["max_tokens"]]):
+                if k == self.fault_after and self.mode in ("stop_listening", "reset"):
+                    self._fault(h)
+                    return
                 if self.mode != "slow" and self.delay_s:
                     time.sleep(self.delay_s)
                 text = self.tokenizer.decode([i])
@@ -93,6 +108,17 @@ class FakeOpenAI:
             self.disconnected.append(closed)
             h.close_connection = True
 
+    def _fault(self, h) -> None:
+        if self.mode == "reset":  # SO_LINGER 0: close() sends a RST
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            return
+        self.httpd.shutdown()  # from this handler's thread: serve_forever runs in another
+        self.httpd.server_close()
+        self.gone_at = time.monotonic()
+        self.released.wait(30)
+
     def stop(self) -> None:
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -16,7 +16,7 @@ from inference.errors import ModelLoadError
 from inference.generate import GenerationParams
 from inference.kv_cache import KVCache
 from inference.loader import load_model
-from tests.checkpoints import make_codegen_checkpoint, make_neox_japanese_checkpoint
+from tests.checkpoints import make_codegen_checkpoint, make_llama_checkpoint, make_neox_japanese_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -51,7 +51,7 @@ def heldout_windows(tok, n: int, positions: int) -> tuple[torch.Tensor, torch.Te
 def cached_forward(lm, x: torch.Tensor, chunk: int) -> torch.Tensor:
     """Logits of x [B, T] fed `chunk` tokens at a time through a KV cache in the engine's dtype."""
     cfg, T = lm.config, x.shape[1]
-    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, T, batch=x.shape[0], dtype=lm.kv_dtype)
+    cache = KVCache(cfg.n_layer, cfg.kv_heads, cfg.head_dim, T, batch=x.shape[0], dtype=lm.kv_dtype)
     steps = [(s, min(s + chunk, T)) for s in range(0, T, chunk)]
     return torch.cat([lm.model(x[:, a:b], torch.arange(a, b), cache) for a, b in steps], dim=1)
 
@@ -64,7 +64,7 @@ def test_builtin_int8_agrees_with_float32_on_heldout_code(builtin_pair, monkeypa
     f32, q8 = builtin_pair
     if quant.reduce_range():
         pytest.skip("7-bit activations on this CPU (no VNNI): int8 is not offered by dtype auto here")
-    x, y = heldout_windows(f32.tokenizer, f32.config.n_positions, 5_376)  # 14 windows of 384
+    x, y = heldout_windows(f32.tokenizer, f32.config.n_positions, 5_376)  # windows of n_positions
     assert y.numel() >= 5_000 and q8.kv_dtype == torch.float16
     with torch.inference_mode():
         a, b = f32.model(x), cached_forward(q8, x, ops.SMALL_ATTENTION_MAX_T)
@@ -103,7 +103,7 @@ def check_every_product(path: Path, ids: torch.Tensor, monkeypatch) -> int:
     f32, q8 = load_model(str(path), dtype="float32"), load_model(str(path), dtype="int8")
     names = {id(w): n for n, w in quant.int8_weights(q8.model).items()}
     floats = dict(f32.model.named_parameters(remove_duplicate=False))
-    bias_of = {"weight": "bias", "w_in": "b_in", "w_out": "b_out"}
+    bias_of = {"weight": "bias", "w_in": "b_in", "w_out": "b_out", "w_qkv": "b_qkv", "w_gu": "b_gu"}
     real_call, checked = quant.Int8Weight.__call__, []
 
     def checked_call(self, x):
@@ -122,7 +122,7 @@ def check_every_product(path: Path, ids: torch.Tensor, monkeypatch) -> int:
 
     monkeypatch.setattr(quant.Int8Weight, "__call__", checked_call)
     cfg, T = q8.config, ids.shape[1]
-    cache = KVCache(cfg.n_layer, cfg.n_head, cfg.head_dim, T, batch=ids.shape[0], dtype=q8.kv_dtype)
+    cache = KVCache(cfg.n_layer, cfg.kv_heads, cfg.head_dim, T, batch=ids.shape[0], dtype=q8.kv_dtype)
     with torch.inference_mode():
         logits = q8.model(ids[:, :-3], torch.arange(T - 3), cache)  # prefill: many-row products
         for t in range(T - 3, T):  # decode: one-row products over the cache
@@ -142,6 +142,14 @@ def test_neox_japanese_int8_logits_within_the_quantization_bound(tmp_path, monke
     path = make_neox_japanese_checkpoint(tmp_path, n_layer=2, hidden_size=64, n_head=4)
     ids = torch.randint(0, 32000, (1, 33), generator=torch.Generator().manual_seed(1))
     assert check_every_product(path, ids, monkeypatch) == 32000
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_llama_int8_logits_within_the_quantization_bound(tmp_path, monkeypatch, model_type):
+    """Grouped-query attention over the float16 cache; Qwen2's q/k/v biases folded into the int8 product."""
+    path = make_llama_checkpoint(tmp_path, model_type=model_type, n_head=4, n_kv_head=2, attention_bias=True)
+    ids = torch.randint(0, 151643, (2, 37), generator=torch.Generator().manual_seed(2))
+    assert check_every_product(path, ids, monkeypatch) == 151936
 
 
 def test_int8_holds_no_float_copy_of_the_linear_weights(tmp_path):

@@ -87,10 +87,10 @@ def test_config_missing_fields(ckpt):
 
 def test_unsupported_architecture_names_the_supported_ones(ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    cfg.update(model_type="mamba", architectures=["MambaForCausalLM"])
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(
-        ModelLoadError, match=r"unsupported architecture: model_type 'llama'.*supported.*codegen"
+        ModelLoadError, match=r"unsupported architecture: model_type 'mamba'.*supported.*codegen.*qwen2"
     ):
         load_model(str(ckpt))
 

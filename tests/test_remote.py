@@ -9,6 +9,7 @@ import pytest
 
 from inference.generate import GenerationParams
 from inference.rules import line_end_after
+from lsp_server import remote_stream
 from lsp_server.prompt import prompt_ids
 from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
 from tests.checkpoints import CODEGEN_TOKENIZER_DIR
@@ -172,6 +173,35 @@ def test_timeout_gives_remote_unavailable_quickly(fake):
     r = eng.generate("doc", PROMPT, GenerationParams(max_new_tokens=5))
     assert time.monotonic() - t0 < 2.0  # bounded by timeoutMs, not by the server
     assert r.stop_reason == "remote_unavailable" and "timed out after 300 ms" in r.extra["remote_error"]
+
+
+def test_a_server_stopped_mid_stream_is_noticed_within_a_second(fake):
+    """Issue 24: a server that stops listening mid-stream is noticed within a second, not after timeoutMs."""
+    # As vLLM stopped by SIGTERM: the open stream stays open, silent (tests/test_remote_vllm.py: a real one).
+    fake.mode, fake.fault_after = "stop_listening", 5
+    eng = engine_for(fake.url, timeoutMs=10000)
+    r = eng.generate("doc", PROMPT, GenerationParams(max_new_tokens=50))
+    noticed_s = time.monotonic() - fake.gone_at
+    assert r.stop_reason == "remote_unavailable" and r.text == ""
+    assert "went away mid-stream" in r.extra["remote_error"]
+    assert noticed_s < 1.0, f"noticed {noticed_s:.2f} s after the server stopped listening"
+
+
+def test_a_connection_reset_mid_stream_is_noticed_at_once(fake):
+    """A killed process resets (or closes) its connections: the read fails at once."""
+    fake.mode, fake.fault_after = "reset", 5
+    t0 = time.monotonic()
+    r = engine_for(fake.url, timeoutMs=10000).generate("doc", PROMPT, GenerationParams(max_new_tokens=50))
+    assert r.stop_reason == "remote_unavailable" and time.monotonic() - t0 < 1.0
+
+
+def test_a_silent_stream_from_a_listening_server_is_waited_for(fake, monkeypatch):
+    """Silence alone is no outage: while the server accepts connections (busy), the stream goes on."""
+    monkeypatch.setattr(remote_stream, "LIVENESS_S", 0.1)
+    fake.delay_s = 0.35  # each token after over three times LIVENESS_S of silence
+    r = engine_for(fake.url).generate("doc", PROMPT, GenerationParams(max_new_tokens=3))
+    assert r.stop_reason == "max_tokens" and len(r.token_ids) == 3
+    assert fake.connections >= 4  # the stream's and the checks made while it was silent (>= 1 per gap)
 
 
 def test_refused_then_back_one_outage_message_each_time(fake):

@@ -8,17 +8,20 @@ The vLLM venv comes from tools/setup_vllm.sh, which .ci/run always runs: in CI t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import time
 
 import pytest
 
 from inference.export import export_gptj
+from inference.hub import BUILTIN_DIR
 from tests.conftest import change, inline, open_doc, status
 from tests.vllm_server import VLLMServer, vllm_python
 
 MODEL = "builtin-gptj"
-WINDOW = 384  # the built-in model's n_positions: vLLM serves the same window
+WINDOW = json.loads((BUILTIN_DIR / "config.json").read_text())["n_positions"]  # vLLM serves the same window
 DOC = '''"""Command-line tool that reads records, filters them, and writes a report."""
 
 import argparse
@@ -47,14 +50,20 @@ ADDED, ABORTED = r"Added request \S+\.$", r"Request \S+ aborted\.$"  # --enable-
 
 
 @pytest.fixture(scope="module")
-def vllm(tmp_path_factory):
+def vllm_model(tmp_path_factory):
+    """(the vLLM venv's python, the GPT-J export of the built-in model)."""
     python = vllm_python()
     if python is None and os.environ.get("CODEGEN_LSP_REQUIRE_VLLM"):
         pytest.fail("CODEGEN_LSP_REQUIRE_VLLM is set but there is no vLLM venv (tools/setup_vllm.sh)")
     if python is None:
         pytest.skip("no vLLM venv: run tools/setup_vllm.sh (.ci/run does) or set CODEGEN_LSP_VLLM_PYTHON")
+    return python, export_gptj("builtin", tmp_path_factory.mktemp("gptj") / "gptj", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def vllm(vllm_model, tmp_path_factory):
+    python, model_dir = vllm_model
     d = tmp_path_factory.mktemp("vllm")
-    model_dir = export_gptj("builtin", d / "gptj", dtype="float32")
     # --enable-log-requests: the log says when a request reaches vLLM and when one is aborted.
     server = VLLMServer(python, model_dir, MODEL, WINDOW, d / "vllm.log", ["--enable-log-requests"])
     server.start()
@@ -200,3 +209,51 @@ async def test_server_stopped_mid_session_then_back(start_server, vllm):
     text = DOC + "def f"
     answers = [a async for a in type_and_complete(client, uri, text, "(x", version=6)]
     assert answers[-1] != [] and (await status(client, uri))["models"][0]["engine"]["state"] == "up"
+
+
+async def test_a_vllm_stopped_mid_stream_is_noticed_within_a_second(start_server, vllm_model, tmp_path):
+    """Issue 24: vLLM stopped mid-stream: remote_unavailable within about a second, not after timeoutMs."""
+    # SIGTERM (systemd, docker stop): vLLM stops listening but keeps the open stream, silent; timeoutMs is
+    # 20 s here. Its own server, so that the module's keeps serving the other tests.
+    python, model_dir = vllm_model
+    own = VLLMServer(python, model_dir, MODEL, WINDOW, tmp_path / "vllm.log")
+    own.start()
+    try:
+        table = "TABLE = [" + ", ".join(f"0x{i:02x}" for i in range(40))  # continued to max_tokens
+        # maxLatencyMs off: the slowed stream must outlive the 1 s budget, which would end it at a line end.
+        opts = options(own, maxNewTokens=300, completionMode="free", prefetch=False, maxLatencyMs=0)
+        client = await start_server(opts)
+        uri = "file:///w/stopped.py"
+        open_doc(client, uri, table)
+        for attempt in range(3):  # the precondition is a stream in flight: tried again if it ended first
+            with own.engine_slowed(run_s=0.002, period_s=0.1) as brake:  # ~50x slower: 300 tokens take long
+                tokens = own.metrics()["vllm:generation_tokens_total"]
+                deadline = time.monotonic() + 30
+                answer = asyncio.ensure_future(inline(client, uri, 0, len(table), automatic=False))
+                # Mid-stream: a few tokens generated (and streamed), most still to come; then the engine
+                # stopped, so that the stream stays open and silent whatever the machine's speed.
+                while own.metrics()["vllm:generation_tokens_total"] < tokens + 3:
+                    assert time.monotonic() < deadline, "no tokens generated"
+                    await asyncio.sleep(0.02)
+                brake.hold()
+                await asyncio.sleep(0.1)  # what was streamed before the hold is read
+                if not answer.done() and own.metrics().get("vllm:num_requests_running", 1) > 0:
+                    stopped = time.monotonic()
+                    os.killpg(own.proc.pid, signal.SIGTERM)  # the API server; the engine on SIGCONT
+                    items = await asyncio.wait_for(answer, 20)
+                    noticed_s = time.monotonic() - stopped
+                    break
+            print(f"attempt {attempt}: the stream ended before the server was stopped: {await answer}")
+            print(json.dumps((await status(client, uri))["completions"]))
+            change(client, uri, 2 + attempt, (0, len(table)), (0, len(table)), " ")  # a new prompt
+            table += " "
+        else:
+            pytest.fail("the answer ended before the server was stopped, 3 times")
+    finally:
+        own.stop()
+    print(f"answer {noticed_s * 1000:.0f} ms after SIGTERM")
+    assert items == [] and noticed_s < 1.5, noticed_s
+    st = await status(client, uri)
+    assert st["completions"]["lastReason"] == "remote_unavailable"
+    assert "went away mid-stream" in st["models"][0]["engine"]["lastError"]
+    assert sum("completion server is unavailable" in m.message for m in client.messages) == 1

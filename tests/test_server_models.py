@@ -28,6 +28,7 @@ class FakeLS:
 class FakeEngine:
     def __init__(self, loaded, cache_budget_bytes):
         self.loaded, self.cleared = loaded, 0
+        self.pool = pytypes.SimpleNamespace(nbytes=min(cache_budget_bytes, 1 << 20))  # 1 MiB of KV in use
 
     def clear_cache(self):
         self.cleared += 1
@@ -41,7 +42,7 @@ def loads(monkeypatch):
     """Fake loader: every model is 1 MiB of float32 weights; names starting with 'bad' fail."""
     calls = []
 
-    def load_model(name, device="cpu", dtype="float32", progress=None, allow_fallback=True):
+    def load_model(name, device="cpu", dtype="float32", progress=None, allow_fallback=True, **kwargs):
         calls.append(name)
         if name.startswith("bad") or name == "builtin" and "no-builtin" in calls:
             raise ModelLoadError(f"model {name!r}: no such directory")
@@ -72,7 +73,7 @@ async def test_per_language_models_load_lazily_once(loads):
 
 
 async def test_lru_unloading_within_the_memory_budget(loads):
-    # each model: 1 MiB of weights + 1 MiB of cache budget; 5 MiB fit two models
+    # each model: 1 MiB of resident weights + 1 MiB of KV cache in use; 5 MiB fit two models
     m, _ = manager(
         model="a", languageModels={"markdown": "b", "rst": "c"}, cacheBudgetMb=1, modelMemoryBudgetMb=5
     )

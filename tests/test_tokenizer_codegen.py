@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +37,8 @@ def tok_classic(tmp_path_factory):
         ("Hello world", [15496, 995]),
         (" Hello world", [18435, 995]),
         ("\n    return x", [198, 50284, 7783, 2124]),
-        ("<|endoftext|>", [50256]),
     ],
-    ids=["hello", "space-hello", "added-whitespace", "eos"],
+    ids=["hello", "space-hello", "added-whitespace"],
 )
 def test_known_answers(tok, tok_classic, text, ids):
     assert tok.encode(text) == ids
@@ -49,10 +49,18 @@ def test_known_answers(tok, tok_classic, text, ids):
 def test_special_ids(tok):
     assert tok.eos_token_id == 50256
     assert tok.bos_token_id == 50256
+    assert tok.special_id("<|endoftext|>") == 50256 and tok.special_id("<|fim_prefix|>") is None
+
+
+def test_special_token_text_in_a_document_is_plain_text(tok, tok_classic):
+    """`<|endoftext|>` typed in a file is text (the model never sees an end of text there)."""
+    for t in (tok, tok_classic):
+        ids = t.encode("x = '<|endoftext|>'")
+        assert 50256 not in ids and t.decode(ids) == "x = '<|endoftext|>'"
 
 
 def test_classic_files_match_tokenizer_json(tok, tok_classic):
-    text = SAMPLE + (CODEGEN_TOKENIZER_DIR.parents[2] / "main" / "tests" / "checkpoints.py").read_text()
+    text = SAMPLE + (Path(__file__).parent / "checkpoints.py").read_text()
     assert tok_classic.encode(text) == tok.encode(text)
     assert tok_classic.decode(tok.encode(text)) == text
 
@@ -66,7 +74,10 @@ def test_transformers_encodes_the_same(tok):
     from transformers import AutoTokenizer
 
     ref = AutoTokenizer.from_pretrained(str(CODEGEN_TOKENIZER_DIR))
-    assert tok.encode(SAMPLE) == ref(SAMPLE)["input_ids"]
+    # SAMPLE holds "<|endoftext|>" as text: transformers splits it too when asked to
+    assert tok.encode(SAMPLE) == ref(SAMPLE, split_special_tokens=True)["input_ids"]
+    plain = SAMPLE.replace("<|endoftext|>", "")
+    assert tok.encode(plain) == ref(plain)["input_ids"]
 
 
 def test_incremental_decoder_never_splits_a_character(tok):

@@ -118,21 +118,23 @@ class VLLMServer:
 
     @contextmanager
     def engine_slowed(self, run_s: float = 0.005, period_s: float = 0.05):
-        """The engine core running `run_s` of every `period_s` (SIGCONT, then SIGSTOP): ~10x slower."""
-        pids, done = self.engine_pids(), threading.Event()
+        """The engine core running `run_s` of every `period_s` (SIGCONT, then SIGSTOP): ~10x slower. Yields
+        a `Hold`: after `hold()` the engine stays stopped until the block ends."""
+        pids, done, control = self.engine_pids(), threading.Event(), Hold()
         assert pids, "no engine core process in the server's process group"
 
         def cycle():
-            while not done.is_set():
+            while not done.is_set() and not control.wanted.is_set():
                 _signal(pids, signal.SIGCONT)
                 time.sleep(run_s)
                 _signal(pids, signal.SIGSTOP)
                 done.wait(period_s - run_s)
+            control.stopped.set()  # left stopped (SIGSTOP was the last signal)
 
         thread = threading.Thread(target=cycle, daemon=True)
         thread.start()
         try:
-            yield
+            yield control
         finally:
             done.set()
             thread.join()
@@ -162,6 +164,20 @@ class VLLMServer:
             return ""
 
 
+class Hold:
+    """A slowed engine's brake: `hold()` returns once the engine is stopped and stays so."""
+
+    def __init__(self):
+        self.wanted, self.stopped = threading.Event(), threading.Event()
+
+    def hold(self, timeout: float = 5.0) -> None:
+        self.wanted.set()
+        assert self.stopped.wait(timeout), "the engine was not stopped"
+
+
 def _signal(pids: list[int], sig: int) -> None:
     for pid in pids:
-        os.kill(pid, sig)
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:  # the server was stopped meanwhile (a test that stops it mid-stream)
+            pass

@@ -1,4 +1,10 @@
-"""CodeGen tokenizer: GPT-2 byte-level BPE plus whitespace-run tokens, through the `tokenizers` library."""
+"""Byte-level BPE tokenizers through the `tokenizers` library: CodeGen's (GPT-2 BPE plus whitespace-run
+tokens) and any `tokenizer.json` of that kind (Qwen2, Llama 3, DeepSeek-Coder, StarCoder), special tokens
+included.
+
+A special token's text typed in a document is encoded as plain text, never as the token: only the prompt
+builder puts special tokens in a prompt, by id (`special_id`).
+"""
 
 from __future__ import annotations
 
@@ -36,8 +42,11 @@ class CodeGenTokenizer:
 
     def __init__(self, tok: Tokenizer, eos_token: str = ENDOFTEXT, bos_token: str | None = ENDOFTEXT):
         self._tok = tok
+        tok.encode_special_tokens = True  # a special token's text in a document is text
         self.eos_token_id: int = self._require_id(eos_token)
-        self.bos_token_id: int | None = self._require_id(bos_token) if bos_token else None
+        bos = tok.token_to_id(bos_token) if bos_token else None
+        self.bos_token_id: int | None = bos
+        self._special = {t.content: i for i, t in tok.get_added_tokens_decoder().items()}
         self.vocab_size: int = tok.get_vocab_size(with_added_tokens=True)
         self._bytes = self._build_byte_table()
 
@@ -62,12 +71,16 @@ class CodeGenTokenizer:
                 table.append(bytes(bd[ch] for ch in piece))
         return table
 
+    def special_id(self, content: str) -> int | None:
+        """The id of the added (special) token spelled `content`, or None when the vocabulary has none."""
+        return self._special.get(content)
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one id (b"" for ids past the vocabulary, e.g. embedding padding rows)."""
         return self._bytes[token_id] if 0 <= token_id < len(self._bytes) else b""
 
     def encode(self, text: str) -> list[int]:
-        """Text -> ids, added whitespace tokens split out before BPE."""
+        """Text -> ids, added whitespace tokens split out before BPE; special tokens' text stays text."""
         return self._tok.encode(encodable(text), add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], truncate_before_pattern: Sequence[str] = ()) -> str:

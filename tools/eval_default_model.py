@@ -1,6 +1,9 @@
-"""Evaluate a CodeGen-architecture model on the held-out stdlib modules of tools/train_default_model.py.
+"""Evaluate models on the held-out stdlib modules of tools/train_default_model.py, side by side.
 
-    python tools/eval_default_model.py --model builtin [--positions 500] [--json results.json]
+    python tools/eval_default_model.py --model git:HEAD~1 --model builtin [--positions 500] [--json out.json]
+
+`--model` (repeatable): a model name or path, or `git:REV` for the built-in model as committed at REV (so
+the old and the new built-in model are measured in one run).
 
 Reports the per-token loss (nats) and bits per character over the held-out modules, and next-line exact
 match at --positions cursor positions (start of a non-blank line inside a function body, sampled with a
@@ -9,6 +12,9 @@ line (trailing whitespace ignored, indentation counted), beside the baseline "re
 line, one indentation level deeper after a line ending in ':'". Also: the share of --functions function
 bodies (cursor after the header and docstring) whose greedy completion, up to the first line indented no
 deeper than `def` (or 128 tokens, partial last line dropped), makes a function that `ast.parse` accepts.
+For a model with fill-in-the-middle tokens, the same positions as the server prompts them
+(lsp_server/prompt.py's fim_prompt_ids, suffix cut to 32 tokens): with the text after the line as the
+suffix, and with an empty suffix.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import json
 import logging
 import math
 import random
+import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -29,12 +37,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_default_model import ROOT, corpus_files, read_source, stdlib_dir  # noqa: E402
+from train_default_model import EVAL_MODULES, ROOT, corpus_files, read_source, stdlib_dir  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from inference.engine import Engine  # noqa: E402
 from inference.generate import GenerationParams  # noqa: E402
 from inference.loader import load_model  # noqa: E402
+from inference.rules import prompt_limit  # noqa: E402
+from lsp_server import fim  # noqa: E402
+from lsp_server.prompt import fim_prompt_ids, prompt_ids  # noqa: E402
+
+FIM_SUFFIX_TOKENS = 32  # the server's default fimSuffixTokens
 
 log = logging.getLogger("eval_default_model")
 
@@ -85,14 +98,16 @@ def baseline(cursor: Cursor) -> str:
     return " " * indent + prev.lstrip()
 
 
+def cut(engine: Engine, text: str, max_new_tokens: int) -> list[int]:
+    """The server's prompt for `text` before the cursor: cut from the left at a line start to fit."""
+    limit = prompt_limit(engine.capacity, max_new_tokens)
+    return prompt_ids(text[-engine.capacity * 8 :], engine.loaded.tokenizer, limit)[0]
+
+
 def first_line(engine: Engine, prompt: str, max_new_tokens: int) -> str:
-    """Greedy completion through the engine (which cuts the prompt to fit at a line boundary), first line."""
-    window = engine.capacity * 8  # characters: far more than the window holds, so the engine makes the cut
-    if len(prompt) > window:
-        prompt = prompt[-window:]
-        prompt = prompt[prompt.find("\n") + 1 :]
+    """Greedy completion of the text before the cursor (cut as the server cuts it), first line."""
     params = GenerationParams(max_new_tokens=max_new_tokens, stop_patterns=("\n",))
-    return engine.generate("eval", prompt, params).text
+    return engine.generate("eval", cut(engine, prompt, max_new_tokens), params).text
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ def function_starts(files: list[Path], root: Path) -> list[FunctionStart]:
 
 def completes_function(engine: Engine, source: str, fn: FunctionStart, max_new_tokens: int) -> bool:
     """Complete from the function's first statement to its end; True when the function then parses."""
-    prompt = source[: fn.offset][-engine.capacity * 8 :]
+    prompt = cut(engine, source[: fn.offset], max_new_tokens)
     end = rf"^ {{0,{fn.indent}}}\S"  # a line indented no deeper than `def` ends the function
     result = engine.generate("eval", prompt, GenerationParams(max_new_tokens, stop_patterns=(end,)))
     text = result.text
@@ -168,13 +183,39 @@ def heldout_loss(loaded, files: list[Path], batch: int = 8) -> dict:
     return {"tokens": count, "loss": total / count, "bits_per_char": total / math.log(2) / chars}
 
 
+def fim_line(engine: Engine, template, source: str, cur: Cursor, suffix: bool, max_new_tokens: int) -> str:
+    """First line of the greedy middle for the cursor, prompted as the server does (suffix or none)."""
+    tok = engine.loaded.tokenizer
+    end = source.find("\n", cur.offset)
+    after = source[end + 1 :] if suffix and end >= 0 else ""  # the text after the cursor's line
+    limit = prompt_limit(engine.capacity, max_new_tokens)
+    before = source[: cur.offset][-engine.capacity * 8 :]
+    prompt, _ = fim_prompt_ids(before, after, tok, template, limit, FIM_SUFFIX_TOKENS)
+    params = GenerationParams(max_new_tokens, stop_patterns=("\n",), stop_ids=fim.stop_ids(template, tok))
+    return engine.generate("eval", prompt.ids, params).text.split("\n")[0]
+
+
+def resolve_model(model: str) -> str:
+    """A model path: `git:REV` extracts inference/builtin as committed at REV into a temporary directory."""
+    if not model.startswith("git:"):
+        return model
+    out = Path(tempfile.mkdtemp(prefix="builtin-")) / "builtin"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", model[4:], "inference/builtin"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "--strip-components=2", "-C", str(out)], input=archive, check=True)
+    return str(out)
+
+
 def evaluate(model: str, positions: int, functions: int, seed: int, max_new_tokens: int) -> dict:
     """Loss and next-line exact match of `model` and of the baseline on the held-out modules."""
     torch.manual_seed(seed)
-    loaded = load_model(model)
+    loaded = load_model(resolve_model(model))
     loaded.model.eval()
     root = stdlib_dir()
     _, held = corpus_files(root)
+    held = [p for p in held if p.relative_to(root).as_posix() in EVAL_MODULES]
     t0 = time.perf_counter()
     result = {"model": model, "heldout_modules": [p.relative_to(root).as_posix() for p in held]}
     result.update(heldout_loss(loaded, held))
@@ -182,23 +223,32 @@ def evaluate(model: str, positions: int, functions: int, seed: int, max_new_toke
     candidates = cursors(held, root)
     sample = random.Random(seed).sample(candidates, min(positions, len(candidates)))
     engine = Engine(loaded)
-    model_hits = base_hits = 0
+    template = fim.template_for(loaded.tokenizer)
+    model_hits = base_hits = fim_hits = fim_bare_hits = 0
     examples = []
     for k, cur in enumerate(sample):
-        prompt = read_source(root / cur.path)[: cur.offset]
-        pred = first_line(engine, prompt, max_new_tokens)
+        source = read_source(root / cur.path)
+        pred = first_line(engine, source[: cur.offset], max_new_tokens)
         base = baseline(cur)
-        model_hits += pred.rstrip() == cur.target.rstrip()
-        base_hits += base.rstrip() == cur.target.rstrip()
+        want = cur.target.rstrip()
+        model_hits += pred.rstrip() == want
+        base_hits += base.rstrip() == want
+        if template is not None:
+            fim_hits += fim_line(engine, template, source, cur, True, max_new_tokens).rstrip() == want
+            fim_bare_hits += fim_line(engine, template, source, cur, False, max_new_tokens).rstrip() == want
         if len(examples) < 12:
             examples.append({"where": f"{cur.path}:{cur.line + 1}", "target": cur.target, "model": pred})
         if (k + 1) % 100 == 0:
-            log.info("%d/%d: model %d, baseline %d", k + 1, len(sample), model_hits, base_hits)
+            log.info("%d/%d: model %d, baseline %d, fim %d/%d", k + 1, len(sample), model_hits, base_hits,
+                     fim_hits, fim_bare_hits)  # fmt: skip
     result.update(
         candidates=len(candidates),
         positions=len(sample),
         exact_match_model=model_hits / len(sample),
         exact_match_baseline=base_hits / len(sample),
+        fim_template=template and template.name,
+        fim_exact_match_suffix=template and fim_hits / len(sample),
+        fim_exact_match_no_suffix=template and fim_bare_hits / len(sample),
     )
     starts = function_starts(held, root)
     sample_fn = random.Random(seed).sample(starts, min(functions, len(starts)))
@@ -213,10 +263,33 @@ def evaluate(model: str, positions: int, functions: int, seed: int, max_new_toke
     return result
 
 
+def report(results: list[dict]) -> str:
+    """The results as a Markdown table, one column per model."""
+
+    def pct(v) -> str:
+        return "n/a" if v is None or v is False else f"{v:.1%}"
+
+    rows = [
+        ("per-token loss (nats)", lambda r: f"{r['loss']:.3f} ({r['tokens']} tokens)"),
+        ("bits per character", lambda r: f"{r['bits_per_char']:.3f}"),
+        (
+            f"next-line exact match ({results[0]['positions']} positions)",
+            lambda r: pct(r["exact_match_model"]),
+        ),
+        ("  baseline (previous line repeated)", lambda r: pct(r["exact_match_baseline"])),
+        ("FIM exact match, suffix 32 tokens", lambda r: pct(r["fim_exact_match_suffix"])),
+        ("FIM exact match, no suffix", lambda r: pct(r["fim_exact_match_no_suffix"])),
+        (f"functions that parse ({results[0]['functions']})", lambda r: pct(r["function_parse_rate"])),
+    ]
+    out = ["| measure | " + " | ".join(r["model"] for r in results) + " |", "|---" * (len(results) + 1) + "|"]
+    out += ["| " + name + " | " + " | ".join(f(r) for r in results) + " |" for name, f in rows]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin", help="model name or path (default: builtin)")
+    parser.add_argument("--model", action="append", help="model name, path or git:REV (repeatable)")
     parser.add_argument("--positions", type=int, default=500)
     parser.add_argument("--functions", type=int, default=100, help="completions parsed")
     parser.add_argument("--seed", type=int, default=0)
@@ -227,16 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("inference").setLevel(logging.WARNING)  # not one line per prompt cut
     torch.set_num_threads(args.threads)
-    result = evaluate(args.model, args.positions, args.functions, args.seed, args.max_new_tokens)
-    text = json.dumps(result, indent=2)
+    models = args.model or ["builtin"]
+    results = [evaluate(m, args.positions, args.functions, args.seed, args.max_new_tokens) for m in models]
     if args.json:
-        args.json.write_text(text + "\n")
-    sys.stderr.write(
-        f"held-out loss {result['loss']:.3f} nats/token ({result['bits_per_char']:.3f} bits/char, "
-        f"{result['tokens']} tokens)\nnext-line exact match at {result['positions']} positions: "
-        f"model {result['exact_match_model']:.1%}, baseline {result['exact_match_baseline']:.1%}\n"
-        f"function completions that parse: {result['function_parse_rate']:.1%} of {result['functions']}\n"
-    )
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    sys.stderr.write(report(results))
     return 0
 
 

@@ -1,23 +1,25 @@
-"""Train the built-in default model (inference/builtin/) on the CPython standard library, reproducibly.
+"""Train the built-in default model (inference/builtin/) on tools/build_corpus.py's corpus, reproducibly.
 
-The shipped checkpoint came from two commands (67.5 minutes of wall time on 1 thread of a shared 2-core
-CPU; see inference/builtin/README.md):
-
-    python tools/train_default_model.py --steps 502                     # warmup, stable lr, decay
-    python tools/train_default_model.py --steps 936 --rewarm-from 502   # continue: re-warm, stable, decay
+    python tools/train_default_model.py --out DIR --minutes 67   # corpus, tokenizer, training, export
 
 Stages, each cached under --work-dir so an interrupted run resumes where it stopped:
-  1. corpus: the stdlib `.py` files of this Python (tests, site-packages and HELD_OUT excluded), sorted;
-  2. tokenizer: byte-level BPE (`tokenizers`), `<|endoftext|>` between files;
+  1. corpus: tools/build_corpus.py (the stdlib and pinned permissive PyPI packages, deduplicated, held-out
+     modules apart);
+  2. tokenizer: byte-level BPE (`tokenizers`) with the FIM and repository tokens (tools/train_data.py);
   3. training: the engine's own CodeGen forward pass (inference.codegen), AdamW, warmup-stable-decay lr,
-     batches drawn from a generator seeded by (seed, step), checkpoints every few minutes;
-  4. export: config.json + model.safetensors in the Hugging Face CodeGen layout, tokenizer files.
+     rows of plain, fill-in-the-middle and project-context samples drawn by (seed, step), bfloat16 autocast
+     where the CPU has native bfloat16; checkpoints every few minutes; the run ends by --steps or --minutes
+     (then the lr decays over the last decay_steps of the time);
+  4. export: config.json + model.safetensors in the Hugging Face CodeGen layout, tokenizer files, and
+     training.json (step, tokens seen, the data position, the loss log).
+A later session continues from what was committed: `--continue-from tools/checkpoints/builtin-next` takes its
+weights, tokenizer and step (the data position), re-warms the lr (the optimizer state is not committed) and
+trains on (tools/checkpoints/builtin-next/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -32,12 +34,13 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 log = logging.getLogger("train_default_model")
 
-EOS = "<|endoftext|>"
-# Modules kept out of training, for evaluation (paths relative to the stdlib directory).
-HELD_OUT = (
+# Modules kept out of training, for evaluation (paths relative to the stdlib directory); the whole `json`
+# package is held out for the project-context evaluation (tools/eval_context.py).
+EVAL_MODULES = (  # tools/eval_default_model.py's held-out modules (those of the first built-in model)
     "calendar.py",
     "configparser.py",
     "difflib.py",
@@ -52,10 +55,8 @@ HELD_OUT = (
     "statistics.py",
     "textwrap.py",
 )
+HELD_OUT = (*EVAL_MODULES, "json/__init__.py", "json/scanner.py", "json/tool.py")
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "pydoc_data", "__pycache__"}
-# Pre-tokenizer split: newline runs and indentation runs become their own pieces, so a prompt that ends
-# at the start of a line ends at a token boundary that training has seen.
-SPLIT_PATTERN = r"\n+| {2,}|\t+"
 
 
 @dataclass
@@ -66,18 +67,20 @@ class TrainConfig:
     n_embd: int = 256
     n_head: int = 8
     rotary_dim: int = 16
-    n_positions: int = 384
+    n_positions: int = 512
     vocab_size: int = 4096
     batch_size: int = 12
-    steps: int = 502
-    warmup: int = 40
-    decay_steps: int = 100
+    steps: int = 100_000  # an upper bound: --minutes usually ends the run
+    warmup: int = 100
+    decay_steps: int = 400
     rewarm_from: int = 0  # > 0: this run extends a finished run from that step, re-warming the lr
     lr: float = 2e-3
     min_lr: float = 1e-4
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 1234
+    fim: float = 0.5  # share of fill-in-the-middle rows
+    project: float = 0.2  # share of project-context rows
 
 
 # ---------------------------------------------------------------- corpus
@@ -107,61 +110,6 @@ def corpus_files(root: Path | None = None) -> tuple[list[Path], list[Path]]:
 def read_source(path: Path) -> str:
     """File text with universal newlines; undecodable bytes replaced."""
     return path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
-
-
-def corpus_digest(files: list[Path], root: Path) -> str:
-    """sha256 over the relative paths and contents, to pin the data in the model card."""
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------- tokenizer
-
-
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE with `<|endoftext|>` as id 0."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    assert tok.token_to_id(EOS) == 0 and tok.get_vocab_size() == vocab_size
-    return tok
-
-
-def save_tokenizer(tok, out: Path, n_positions: int) -> None:
-    """tokenizer.json plus the small JSON files that name the special tokens."""
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
-    special = {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": n_positions, **special}
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-
-
-def encode_files(tok, files: list[Path]) -> torch.Tensor:
-    """All files as one id stream, each file followed by `<|endoftext|>`: [N] int16."""
-    eos = tok.token_to_id(EOS)
-    ids: list[int] = []
-    for enc in tok.encode_batch([read_source(p) for p in files]):
-        ids.extend(enc.ids)
-        ids.append(eos)
-    return torch.tensor(ids, dtype=torch.int16)
 
 
 # ---------------------------------------------------------------- model
@@ -229,14 +177,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def get_batch(data: torch.Tensor, cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x, y: [B, T] random windows; the generator is seeded by (seed, step), so resuming changes nothing."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    starts = torch.randint(0, len(data) - cfg.n_positions - 1, (cfg.batch_size,), generator=g)
-    rows = torch.stack([data[s : s + cfg.n_positions + 1] for s in starts.tolist()]).long()
-    return rows[:, :-1], rows[:, 1:]
-
-
 @torch.no_grad()
 def eval_loss(model, data: torch.Tensor, cfg: TrainConfig, windows: int = 16) -> float:
     """Mean loss over the first `windows` consecutive held-out windows."""
@@ -264,86 +204,134 @@ def export(model, cfg: TrainConfig, out: Path, dtype: torch.dtype) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def save_checkpoint(path: Path, model, opt, step: int, cfg: TrainConfig, elapsed: float) -> None:
+def save_checkpoint(
+    path: Path, model, opt, step: int, cfg: TrainConfig, elapsed: float, tokens: float
+) -> None:
     """Training state, written to a temporary file then renamed (an interruption never corrupts it)."""
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "cfg": asdict(cfg)}
-    torch.save(state | {"elapsed": elapsed}, path.with_suffix(".tmp"))
+    torch.save(state | {"elapsed": elapsed, "tokens": tokens}, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
 
 
-def prepare_data(cfg: TrainConfig, work: Path, out: Path):
-    """Corpus -> tokenizer (saved into `out`) -> cached id streams; returns (tokenizer, train, heldout)."""
-    from tokenizers import Tokenizer
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), so autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
-    root = stdlib_dir()
-    train_files, held_files = corpus_files(root)
-    digest = corpus_digest(train_files, root)
-    cache = work / f"data-{digest[:16]}-{cfg.vocab_size}.pt"
+
+def prepare_data(cfg: TrainConfig, work: Path, out: Path, tokenizer: Path | None):
+    """Corpus -> tokenizer (trained, or `tokenizer` when continuing) -> cached id streams.
+
+    Returns (tokenizer, training files, train stream, train starts, held-out stream, corpus sha256)."""
+    from build_corpus import build
+    from tokenizers import Tokenizer
+    from train_data import encode_all, read_corpus, save_tokenizer, train_tokenizer
+
+    corpus = work / "corpus"
+    if not (corpus / "files.jsonl").is_file():
+        build(corpus, work / "corpus-wheels", 8)
+    sha = json.loads((corpus / "manifest.json").read_text())["sha256"]
+    train_files, held = read_corpus(corpus / "files.jsonl")
+    tag = "continued" if tokenizer else "trained"
+    cache = work / f"data-{sha[:16]}-{cfg.vocab_size}-{tag}.pt"
     if cache.is_file():
         saved = torch.load(cache)
         tok = Tokenizer.from_str(saved["tokenizer"])
     else:
         t0 = time.perf_counter()
-        tok = train_tokenizer([read_source(p) for p in train_files], cfg.vocab_size)
-        saved = {
-            "tokenizer": tok.to_str(),
-            "train": encode_files(tok, train_files),
-            "heldout": encode_files(tok, held_files),
-        }
+        if tokenizer:
+            tok = Tokenizer.from_file(str(tokenizer))
+        else:
+            tok = train_tokenizer([f["text"] for f in train_files], cfg.vocab_size)
+        stream, starts = encode_all(tok, [f["text"] for f in train_files])
+        heldout, _ = encode_all(tok, [f["text"] for f in held])
+        saved = {"tokenizer": tok.to_str(), "train": stream, "starts": starts, "heldout": heldout}
         work.mkdir(parents=True, exist_ok=True)
         torch.save(saved, cache)
         log.info("tokenizer + encoding: %.1fs", time.perf_counter() - t0)
+    assert tok.get_vocab_size() == cfg.vocab_size, "the tokenizer's size is not --vocab-size"
     save_tokenizer(tok, out, cfg.n_positions)
-    chars = sum(len(read_source(p)) for p in train_files)
+    chars = sum(len(f["text"]) for f in train_files)
     log.info(
-        "corpus %s: %d training files (%d chars, %d tokens), %d held-out files (%d tokens), sha256 %s",
-        root,
-        len(train_files),
-        chars,
-        len(saved["train"]),
-        len(held_files),
-        len(saved["heldout"]),
-        digest,
-    )
-    return tok, saved["train"], saved["heldout"]
+        "corpus sha256 %s: %d training files (%.1f M chars, %.2f M tokens, %.2f chars/token), "
+        "%d held-out files (%d tokens)",
+        sha, len(train_files), chars / 1e6, len(saved["train"]) / 1e6, chars / len(saved["train"]),
+        len(held), len(saved["heldout"]),
+    )  # fmt: skip
+    return tok, train_files, saved["train"], saved["starts"], saved["heldout"], sha
 
 
-def train(cfg: TrainConfig, work: Path, out: Path, dtype: torch.dtype, ckpt_minutes: float) -> None:
-    """Train (resuming from work/checkpoint.pt when it matches cfg) and export to `out`."""
-    _, data, heldout = prepare_data(cfg, work, out)
+def resume(cfg: TrainConfig, work: Path, model, opt, continue_from: Path | None) -> tuple[int, float, float]:
+    """(step, elapsed, tokens) to start from: work/checkpoint.pt when it matches cfg, else the committed
+    model of `continue_from` (weights, step; the lr re-warmed), else a fresh start."""
+    ckpt_path = work / "checkpoint.pt"
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path)
+        old = {**asdict(TrainConfig()), **state["cfg"]}
+        keep = ("steps", "rewarm_from")
+        finished = state["step"] >= old["steps"]  # a finished run is continued from `continue_from` instead
+        if {k: v for k, v in old.items() if k not in keep} == {
+            k: v for k, v in asdict(cfg).items() if k not in keep
+        } and not (finished and continue_from):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            cfg.steps, cfg.rewarm_from = old["steps"], old["rewarm_from"]
+            log.info("resumed at step %d (%.0fs of training so far)", state["step"], state["elapsed"])
+            return state["step"], state["elapsed"], state.get("tokens", 0.0)
+        log.warning("ignoring %s: other settings", ckpt_path)
+    if continue_from:
+        from safetensors.torch import load_file
+
+        from inference.registry import to_checkpoint_state_dict
+
+        info = json.loads((continue_from / "training.json").read_text())
+        names = to_checkpoint_state_dict("codegen", model.state_dict())
+        weights = load_file(str(continue_from / "model.safetensors"))
+        ours = dict(zip(names, model.state_dict(), strict=True))  # checkpoint name -> module name
+        model.load_state_dict({ours[k]: v.float() for k, v in weights.items()})
+        cfg.rewarm_from = info["step"]
+        log.info(
+            "continuing %s from step %d (%.2f M tokens seen)",
+            continue_from,
+            info["step"],
+            info["tokens"] / 1e6,
+        )
+        return info["step"], info["elapsed"], info["tokens"]
+    return 0, 0.0, 0.0
+
+
+def train(cfg: TrainConfig, work: Path, out: Path, dtype: torch.dtype, minutes: float, ckpt_minutes: float,
+          continue_from: Path | None) -> None:  # fmt: skip
+    """Train (resuming when it can) and export to `out`."""
+    from train_data import Mix, Sampler
+
+    tokenizer = continue_from / "tokenizer.json" if continue_from else None
+    tok, files, stream, starts, heldout, sha = prepare_data(cfg, work, out, tokenizer)
+    sampler = Sampler(files, tok, stream, starts, cfg.n_positions, Mix(fim=cfg.fim, project=cfg.project))
     model = build_model(cfg, cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
-    ckpt_path, step, elapsed = work / "checkpoint.pt", 0, 0.0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path)
-        old = {**asdict(TrainConfig()), **state["cfg"]}
-        same = {**old, "steps": cfg.steps} == asdict(cfg)
-        stable = state["step"] <= min(old["steps"], cfg.steps) - cfg.decay_steps
-        extend = cfg.rewarm_from == state["step"] == old["steps"] and {
-            **old,
-            "steps": cfg.steps,
-            "rewarm_from": cfg.rewarm_from,
-        } == asdict(cfg)
-        if (same and (stable or old["steps"] == cfg.steps)) or extend:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            step, elapsed = state["step"], state["elapsed"]
-            log.info("resumed at step %d (%.0fs of training so far)", step, elapsed)
-        else:
-            log.warning("ignoring %s: other settings, or past the decay start", ckpt_path)
+    step, elapsed, seen = resume(cfg, work, model, opt, continue_from)
+    bf16 = native_bf16()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s, %.2fM parameters", cfg, n_params / 1e6)
+    log.info(
+        "model: %s, %.2fM parameters, %s", cfg, n_params / 1e6, "bfloat16 autocast" if bf16 else "float32"
+    )
+    history = work / "log.jsonl"
     model.train()
     t_start = t_last = t_ckpt = time.perf_counter()
-    elapsed0, tokens = elapsed, 0  # elapsed: wall time of the training loop, checkpoints and evals included
+    elapsed0, tokens, first = elapsed, 0, step
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        x, y = get_batch(data, cfg, step)
-        logits = model(x)  # [B, T, V] float32
+        x, y = sampler.batch(cfg.seed, step, cfg.batch_size)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)  # [B, T, V] float32
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -351,28 +339,39 @@ def train(cfg: TrainConfig, work: Path, out: Path, dtype: torch.dtype, ckpt_minu
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += x.numel()
+        seen += x.numel()
         now = time.perf_counter()
+        elapsed = elapsed0 + now - t_start
+        per_step = (now - t_start) / (step - first)
+        if (
+            minutes
+            and cfg.steps - step > cfg.decay_steps
+            and now - t_start + cfg.decay_steps * per_step > minutes * 60
+        ):
+            cfg.steps = step + cfg.decay_steps  # the time is nearly up: decay the lr from here
+            log.info("decaying the lr over steps %d-%d", step, cfg.steps)
+        row = {"step": step, "tokens": seen, "loss": round(loss.item(), 4), "elapsed": round(elapsed, 1)}
         if step % 10 == 0 or step == cfg.steps:
-            elapsed = elapsed0 + now - t_start
             log.info(
                 "step %d/%d loss %.4f lr %.2e %.0f tok/s elapsed %.0fs",
-                step,
-                cfg.steps,
-                loss.item(),
-                lr_at(cfg, step - 1),
-                tokens / (now - t_last),
-                elapsed,
-            )
+                step, cfg.steps, loss.item(), lr_at(cfg, step - 1), tokens / (now - t_last), elapsed,
+            )  # fmt: skip
             t_last, tokens = now, 0
         if step % 100 == 0 or step == cfg.steps:
-            log.info("step %d held-out loss %.4f", step, eval_loss(model, heldout, cfg))
+            row["heldout"] = round(eval_loss(model, heldout, cfg), 4)
+            log.info("step %d held-out loss %.4f", step, row["heldout"])
+        if step % 10 == 0 or "heldout" in row:
+            with open(history, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
         if now - t_ckpt > ckpt_minutes * 60 or step == cfg.steps:
-            elapsed = elapsed0 + time.perf_counter() - t_start
-            save_checkpoint(ckpt_path, model, opt, step, cfg, elapsed)
+            save_checkpoint(work / "checkpoint.pt", model, opt, step, cfg, elapsed, seen)
             export(model, cfg, out, dtype)
+            info = {"step": step, "tokens": seen, "elapsed": round(elapsed, 1), "corpus_sha256": sha,
+                    "config": asdict(cfg), "bfloat16": bf16, "threads": torch.get_num_threads()}  # fmt: skip
+            (out / "training.json").write_text(json.dumps(info, indent=1) + "\n")
             t_ckpt = time.perf_counter()
             log.info("checkpoint at step %d saved and exported to %s", step, out)
-    log.info("done: %d steps, %.0fs of training", step, elapsed)
+    log.info("done: %d steps, %.2f M tokens, %.0fs of training", step, seen / 1e6, elapsed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,14 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "inference" / "builtin")
     parser.add_argument("--work-dir", type=Path, default=ROOT / ".cache" / "default_model")
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ckpt-minutes", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=0.0, help="end the run (lr decayed) after this long")
+    parser.add_argument("--ckpt-minutes", type=float, default=5.0)
+    parser.add_argument("--continue-from", type=Path, help="a committed model to continue (weights, step)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in vars(args).items() if k in defaults.__dataclass_fields__ and v is not None}
     cfg = TrainConfig(**{**asdict(defaults), **overrides})
-    train(cfg, args.work_dir, args.out, getattr(torch, args.dtype), args.ckpt_minutes)
+    train(
+        cfg,
+        args.work_dir,
+        args.out,
+        getattr(torch, args.dtype),
+        args.minutes,
+        args.ckpt_minutes,
+        args.continue_from,
+    )
     return 0
 
 

@@ -85,6 +85,9 @@ class StdioClient:
             {"textDocument": {"uri": uri, "languageId": "python", "version": version, "text": text}},
         )
 
+    def close_doc(self, uri: str) -> None:
+        self.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+
     def inline_text(self, uri: str, text: str, line: int, character: int) -> str:
         """The text the server's inline completion puts after (line, character) of the open `text`."""
         result = self.request(
@@ -120,7 +123,7 @@ def reference_inline(
     cmd: list[str], env: dict, root: Path, options: dict, uri: str, texts: list[str], suffix: str = ""
 ) -> list[str]:
     """The server's inline completion at the end of each text (each its own document, followed by
-    `suffix`), in one server."""
+    `suffix`, closed after it: the editor under test has that one document open), in one server."""
     client = StdioClient(cmd, env=env, cwd=root)
     out = []
     try:
@@ -129,6 +132,7 @@ def reference_inline(
             doc = f"{uri}.{i}.py"
             client.open(doc, text + suffix)
             out.append(client.inline_text(doc, text + suffix, text.count("\n"), len(text.split("\n")[-1])))
+            client.close_doc(doc)
     finally:
         client.close()
     return out

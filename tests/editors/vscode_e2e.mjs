@@ -237,8 +237,8 @@ try {
     log(`undone: ${out.synthUndone.length} lines shown`);
   }
   if (cfg.badModel) {
-    // The user points codegenLsp.model at a directory that holds no model: the server warns and serves the
-    // built-in model in its place, and the status bar names the stand-in.
+    // The user points codegenLsp.model at a directory that holds no model: the server warns and the model
+    // loaded before serves on in its place, and the status bar names the stand-in.
     await page.keyboard.press("Escape");
     await changeSetting(page, "codegenLsp.model", ".setting-item", "local checkpoint directory", cfg.badModel);
     log("settings changed: codegenLsp.model -> a directory with no model");

@@ -73,7 +73,7 @@ async function refreshReady(): Promise<void> {
     if (s.standsInFor) {
       readyText += ` instead of ${base(s.standsInFor)}`;
       const why = failures.filter(([m]) => m === s.standsInFor).map(([, w]) => w);
-      readyDetail = `the built-in model stands in for ${s.standsInFor}${why.length ? ": " + why.join("; ") : ""}`;
+      readyDetail = `${base(String(s.model))} stands in for ${s.standsInFor}${why.length ? ": " + why.join("; ") : ""}`;
     }
     setStatus(inFlight > 0 ? "busy" : readyKind, readyDetail);
   } catch (e) {

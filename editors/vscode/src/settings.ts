@@ -17,13 +17,23 @@ export const SCALAR_SETTINGS = [
   "maxLatencyMs",
   "prefillOnOpen",
   "prefetch",
+  "fim",
+  "fimSuffixTokens",
+  "promptLookup",
   "cacheBudgetMb",
   "modelMemoryBudgetMb",
+  "preparedCache",
   "logLevel",
   "synthesisIdleSeconds",
 ] as const;
 // Sent only when the user set them, so the server's per-language defaults stay in force otherwise.
-export const OPTIONAL_SETTINGS = ["completionMode", "stopPatterns", "languageModels", "remote"] as const;
+export const OPTIONAL_SETTINGS = [
+  "completionMode",
+  "stopPatterns",
+  "languageModels",
+  "remote",
+  "projectContext",
+] as const;
 
 /** The server settings from `codegenLsp.*`, camelCase, as initialization options / didChangeConfiguration. */
 export function serverSettings(): Record<string, unknown> {
