@@ -22,6 +22,8 @@ MAX_SESSIONS = 512  # session objects (token ids only) kept; the least recently 
 class Engine:
     """Owns the model and every session's KV cache; safe to call from one worker thread (or several)."""
 
+    heals = True  # GenerationParams.heal is honoured (inference/heal.py)
+
     def __init__(
         self,
         loaded: LoadedModel,

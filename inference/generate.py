@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from inference import ops
+from inference.heal import Healing
 from inference.kv_cache import KVCache
 from inference.lookup import FIRST_PROPOSED, MAX_PROPOSED, History, accepted
 from inference.rules import StopReason, compile_stops, first_match, line_end_after
@@ -30,6 +31,9 @@ class GenerationParams:
     max_latency_ms: float = 0.0  # 0 = none; once spent (prefill + decode), stop at the next line end
     stop_ids: Sequence[int] = ()  # token ids that end the text like EOS (e.g. a FIM template's end tokens)
     prompt_lookup: bool = False  # greedy only: check proposed continuations per pass (inference/lookup.py)
+    # the prompt's trailing spaces, left out of it (inference/heal.py): the first tokens spell them, and the
+    # text returned starts after them
+    heal: str = ""
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -40,6 +44,8 @@ class GenerationParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not self.max_latency_ms >= 0:
             raise ValueError(f"max_latency_ms must be >= 0, got {self.max_latency_ms}")
+        if self.heal.strip(" \t"):
+            raise ValueError(f"heal takes spaces and tabs only, got {self.heal!r}")
         self.stop_patterns = compile_stops(self.stop_patterns)
 
 
@@ -110,22 +116,22 @@ def decode_loop(
     lookup: Lookup | None = None,
 ) -> tuple[str, list[int], list[int], StopReason, int]:
     """From the prefill's last logits [V], `pos` = next free slot: text, ids, fed ids, reason, steps. After
-    `deadline` (a `clock()` reading) the text ends at the next line end (TIME_BUDGET); with `lookup` (greedy)
-    each pass also checks the tokens inference/lookup.py proposes, and the ids are the same."""
+    `deadline` (a `clock()` reading) the text ends at the next line end (TIME_BUDGET); `lookup` (greedy): each
+    pass checks inference/lookup.py's proposals, same ids; `params.heal`: spelled first, not in the text."""
     out = StopText(params.stop_patterns, deadline, clock)  # compiled once, in GenerationParams
     generator = sampling_generator(params, logits.device)
     assert lookup is None or generator is None, "prompt lookup is for greedy decoding"
     decoder = tokenizer.incremental_decoder()
     positions = torch.arange(cache.capacity, device=logits.device)
-    ids, fed, steps = [], [], 0
-    ends = {eos_token_id, *params.stop_ids} - {None}
+    ids, fed, steps, ends = [], [], 0, {eos_token_id, *params.stop_ids} - {None}
+    healing = Healing(tokenizer, params.heal)  # a no-op without params.heal
 
     def take(tok: int) -> StopReason | None:
         """A generated id: the reason to stop after it, or None (it is then fed at `pos`)."""
         ids.append(tok)
         if tok in ends:
             return StopReason.EOS
-        piece = decoder.push(tok)
+        piece = healing.spelled(tok, decoder.push(tok))
         if piece and (stop := out.add(piece)):
             return stop
         if len(ids) >= params.max_new_tokens:
@@ -136,11 +142,11 @@ def decode_loop(
         if should_cancel is not None and should_cancel():
             reason = StopReason.CANCELLED
             break
-        tok = sample(logits, params.temperature, params.top_p, generator)
+        tok = sample(healing.constrain(logits), params.temperature, params.top_p, generator)
         if reason := take(tok):
             break
         room = min(params.max_new_tokens - len(ids), cache.capacity - pos) - 1
-        proposed = lookup.propose(tok, room) if lookup else []
+        proposed = lookup.propose(tok, room) if lookup and not healing.need else []
         rows = forward_rows(model, [tok, *proposed], positions[pos : pos + 1 + len(proposed)], cache)
         fed.append(tok)
         pos, steps = pos + 1, steps + 1
@@ -154,7 +160,7 @@ def decode_loop(
             break
         logits = rows[m]
     if reason != StopReason.STOP_PATTERN:
-        reason = out.finish(decoder.flush()) or reason
+        reason = out.finish(healing.visible(decoder.flush())) or reason
     return out.text, ids, fed, reason, steps
 
 

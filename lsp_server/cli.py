@@ -71,6 +71,12 @@ def add_complete(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--fim-suffix-tokens", type=int, default=FIM_SUFFIX_TOKENS, help="token budget of the text after it"
     )
+    c.add_argument(
+        "--no-token-healing",
+        dest="token_healing",
+        action="store_false",
+        help="send trailing spaces in the prompt as they are (default: the completion spells them)",
+    )
     c.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
     c.add_argument("--remote-url", default=None, help="OpenAI-compatible server, e.g. http://host:8000/v1")
     c.add_argument("--remote-model", default=None, help="the served model's name (with --remote-url)")
@@ -209,10 +215,14 @@ def complete(args: argparse.Namespace) -> int:
 def cli_prompt(args, engine, before: str, after: str, params):
     """The server's one prompt cutter with the engine's limit (a long file keeps its last lines), in the
     model's FIM template under --fim: (ids, window, params with the template's end tokens)."""
+    from inference.heal import split as split_heal
     from lsp_server import fim
     from lsp_server.prompt import fim_prompt_ids, prompt_ids
 
     tok, limit = engine.loaded.tokenizer, engine.prompt_limit(params.max_new_tokens)
+    if args.token_healing and getattr(engine, "heals", False):
+        before, heal = split_heal(before)
+        params = dataclasses.replace(params, heal=heal)
     template = None if args.fim == "off" else fim.template_for(tok)
     if template is None:
         if args.fim == "on":

@@ -261,10 +261,14 @@ class Completer:
     def generator(self, uri: str, entry, before: str, stops: tuple, after: str = ""):
         """What the worker runs: cut the prompt to token ids, then generate in the document's session."""
         from inference.generate import GenerationParams
+        from inference.heal import split as split_heal
 
         s = self.server.settings
         limit, max_new = self.budget(entry)
         template = self.fim_template(entry)
+        heal = ""
+        if s.token_healing and getattr(entry.engine, "heals", False):
+            before, heal = split_heal(before)
         params = GenerationParams(
             max_new_tokens=max_new,
             temperature=s.temperature,
@@ -273,6 +277,7 @@ class Completer:
             max_latency_ms=s.max_latency_ms,
             stop_ids=fim.stop_ids(template, entry.loaded.tokenizer) if template else (),
             prompt_lookup=s.prompt_lookup,
+            heal=heal,
         )
 
         def run(should_cancel):

@@ -157,6 +157,8 @@ class RemoteState:
 class RemoteEngine:
     """Engine-shaped client of one remote model; one HTTP connection pool, used from the worker thread."""
 
+    heals = False  # the prompt goes as typed: the server cannot be made to start with given text
+
     def __init__(self, spec: RemoteSpec, tokenizer):
         httpx = _client_module()
         self.spec = spec

@@ -266,6 +266,13 @@ TABLE: tuple[Option, ...] = (
         "(docs/PERFORMANCE.md)",
     ),
     Option(
+        "tokenHealing",
+        bool,
+        True,
+        "a prompt that ends in spaces (`return `) is sent without them and the completion made to start with "
+        "them, as the model saw such text in training; local models only (a team server gets the text as is)",
+    ),
+    Option(
         "completionMode",
         str | dict[str, str],
         default_modes(),

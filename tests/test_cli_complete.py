@@ -11,6 +11,7 @@ import pytest
 from inference import hub
 from inference.engine import Engine
 from inference.generate import GenerationParams
+from inference.heal import split
 from inference.loader import load_model
 from lsp_server import postprocess
 from lsp_server.cli import main, text_before
@@ -38,8 +39,9 @@ def expected(ckpt, prompt, raw=False, n=24):
     """The engine's greedy text, trimmed as the server trims Python (block mode)."""
     line_prefix = prompt[prompt.rfind("\n") + 1 :]
     stops = () if raw else postprocess.patterns_for("python", "block", line_prefix)
+    kept, heal = split(prompt)  # trailing spaces healed, as the CLI does
     r = Engine(load_model(str(ckpt), dtype="auto")).generate(  # the CLI's default dtype
-        "x", prompt, GenerationParams(max_new_tokens=n, stop_patterns=stops)
+        "x", kept, GenerationParams(max_new_tokens=n, stop_patterns=stops, heal=heal)
     )
     return r.text if raw else postprocess.trim(r.text, stops)
 
@@ -133,9 +135,10 @@ def test_a_file_longer_than_the_window_is_cut_by_the_servers_cutter(ckpt, tmp_pa
         assert main(argv) == 0
     engine = Engine(load_model(str(ckpt), dtype="auto"))
     assert len(engine.loaded.tokenizer.encode(text)) > 512
-    ids, window = prompt_ids(text, engine.loaded.tokenizer, engine.prompt_limit(24))
+    kept, heal = split(text)  # the trailing indentation healed, as the CLI does
+    ids, window = prompt_ids(kept, engine.loaded.tokenizer, engine.prompt_limit(24))
     assert window.start > 0 and text[window.start - 1] == "\n" and len(ids) <= 512 - 24
-    want = engine.generate("x", ids, GenerationParams(max_new_tokens=24))
+    want = engine.generate("x", ids, GenerationParams(max_new_tokens=24, heal=heal))
     assert (
         want.text and capsys.readouterr().out == want.text and caplog.text.count("(cut from the left)") == 1
     )

@@ -10,6 +10,7 @@ import torch
 
 from inference.engine import Engine
 from inference.generate import GenerationParams, decode_loop
+from inference.heal import split
 from inference.loader import load_model
 from inference.rules import line_end_after
 from lsp_server.cli import main
@@ -19,6 +20,7 @@ from tokenizer import load_tokenizer
 
 SCRIPT = "x = 1\n\n    y = 2\nz = 3\nw = 4\n"
 PROMPT = "import os\n\n\ndef main():\n    "
+KEPT, HEAL = split(PROMPT)  # the CLI and the server heal the trailing indentation (inference/heal.py)
 
 
 class Scripted:
@@ -95,7 +97,7 @@ def test_cli_max_latency_ms(tmp_path, capsys, builtin):
     src.write_text(PROMPT, encoding="utf-8")
     argv = ["complete", "--model", "builtin", "--file", str(src), "--raw", "--max-new-tokens", "48"]
     assert main(argv + ["--max-latency-ms", "0.001"]) == 0
-    full = Engine(builtin).generate("a", PROMPT, GenerationParams(max_new_tokens=48))
+    full = Engine(builtin).generate("a", KEPT, GenerationParams(max_new_tokens=48, heal=HEAL))
     assert capsys.readouterr().out == full.text[: line_end_after(full.text, 0)]
 
 
@@ -119,6 +121,6 @@ async def test_server_passes_max_latency_to_the_engine(start_server, builtin):
     open_doc(client, "file:///a.py", PROMPT)
     items = await inline(client, "file:///a.py", 4, 4, automatic=False)
     last = (await status(client))["latency"]["last"]
-    full = Engine(builtin).generate("a", PROMPT, GenerationParams(max_new_tokens=48))
+    full = Engine(builtin).generate("a", KEPT, GenerationParams(max_new_tokens=48, heal=HEAL))
     assert last["stopReason"] == "time_budget"
     assert items and items[0].insert_text == full.text[: line_end_after(full.text, 0)]

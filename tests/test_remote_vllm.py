@@ -73,8 +73,16 @@ def vllm(vllm_model, tmp_path_factory):
 
 
 def options(vllm=None, **extra) -> dict:
-    """Local built-in model in float32, or the same model through vLLM; greedy, block mode."""
-    base = {"model": "builtin", "device": "cpu", "dtype": "float32", "maxNewTokens": 24, **extra}
+    """Local built-in model in float32, or the same model through vLLM; greedy, block mode; no token
+    healing (a team server gets the text as typed: the local engine too, to compare)."""
+    base = {
+        "model": "builtin",
+        "device": "cpu",
+        "dtype": "float32",
+        "maxNewTokens": 24,
+        "tokenHealing": False,
+    }
+    base.update(extra)
     if vllm is not None:
         base["remote"] = {"url": vllm.url, "model": MODEL, "tokenizer": "builtin", "timeoutMs": 20000}
     return base

@@ -51,6 +51,7 @@ async def typing_in_the_middle(client, uri: str) -> list[list[str]]:
 async def test_remote_fim_answers_equal_the_local_engine(start_server, qwen_vllm):
     path, server = qwen_vllm
     opts = {"model": str(path), "dtype": "float32", "maxNewTokens": 12, "maxLatencyMs": 0, "prefetch": False}
+    opts["tokenHealing"] = False  # a team server gets the text as typed: the local engine too, to compare
     remote = {"url": server.url, "model": MODEL, "tokenizer": str(path), "timeoutMs": 20000}
     local, far = await start_server(opts), await start_server({**opts, "remote": remote})
     uri = "file:///w/shapes.py"

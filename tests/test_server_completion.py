@@ -13,6 +13,7 @@ import pytest_asyncio
 from lsprotocol import types
 
 from inference.engine import GenerationParams
+from inference.heal import split
 from lsp_server import postprocess
 from tests.checkpoints import make_codegen_checkpoint
 from tests.conftest import Servers, change, inline, inline_params, open_doc, status
@@ -33,9 +34,9 @@ def expected_completion(
     """The engine's greedy completion of the same prompt, trimmed as documented: the server's answer."""
     line_prefix = before[before.rfind("\n") + 1 :]
     patterns = postprocess.patterns_for(language, mode, line_prefix, overrides)
-    result = engine.generate(
-        f"ref-{uuid.uuid4()}", before, GenerationParams(max_new_tokens=max_new, stop_patterns=patterns)
-    )
+    kept, heal = split(before)  # trailing spaces healed (tokenHealing, on by default)
+    params = GenerationParams(max_new_tokens=max_new, stop_patterns=patterns, heal=heal)
+    result = engine.generate(f"ref-{uuid.uuid4()}", kept, params)
     text, _ = postprocess.fit_suffix(postprocess.trim(result.text, patterns), line_suffix)
     return text
 

@@ -10,6 +10,7 @@ import pytest_asyncio
 
 from inference.engine import Engine
 from inference.generate import GenerationParams
+from inference.heal import split as split_heal
 from inference.loader import load_model
 from lsp_server import fim, postprocess
 from tests.checkpoints import make_llama_checkpoint
@@ -44,12 +45,13 @@ def expected(engine, before: str, after: str, use_fim: bool) -> str:
     line_prefix = before[before.rfind("\n") + 1 :]
     patterns = postprocess.patterns_for("python", "block", line_prefix)
     template = fim.template_for(tok)
+    before, heal = split_heal(before)  # trailing spaces healed (tokenHealing, on by default)
     if use_fim:
         ids = fim.build(template, tok, tok.encode(before), tok.encode(after))
         stop_ids = fim.stop_ids(template, tok)
     else:
         ids, stop_ids = tok.encode(before), ()
-    params = GenerationParams(max_new_tokens=MAX_NEW, stop_patterns=patterns, stop_ids=stop_ids)
+    params = GenerationParams(max_new_tokens=MAX_NEW, stop_patterns=patterns, stop_ids=stop_ids, heal=heal)
     text = engine.generate(f"ref-{uuid.uuid4()}", ids, params).text
     text = postprocess.cut_suffix_repeat(postprocess.trim(text, patterns), after)
     return postprocess.fit_suffix(text, after.partition("\n")[0])[0]
@@ -126,7 +128,7 @@ async def accept_twice(client, uri: str, before: str, after: str) -> tuple[list[
     answers = []
     for k in range(3):
         lines = before.split("\n")
-        line, character = len(lines) - 1, len(lines[-1])
+        line, character = len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2  # UTF-16 positions
         items = await inline(client, uri, line, character, automatic=False)
         assert len(items) == 1, items
         answers.append(items[0].insert_text)

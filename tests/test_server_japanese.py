@@ -8,6 +8,7 @@ import pytest
 import pytest_asyncio
 
 from inference.engine import Engine, GenerationParams
+from inference.heal import split
 from inference.loader import load_model
 from lsp_server import postprocess
 from tests.checkpoints import make_neox_japanese_checkpoint
@@ -45,9 +46,9 @@ def expected_completion(engine, before: str, language: str, mode: str) -> str:
     """The engine's greedy completion of the same prompt, trimmed as the server documents it."""
     line_prefix = before[before.rfind("\n") + 1 :]
     patterns = postprocess.patterns_for(language, mode, line_prefix)
-    result = engine.generate(
-        f"ref-{uuid.uuid4()}", before, GenerationParams(max_new_tokens=MAX_NEW, stop_patterns=patterns)
-    )
+    kept, heal = split(before)  # trailing spaces healed (tokenHealing, on by default)
+    params = GenerationParams(max_new_tokens=MAX_NEW, stop_patterns=patterns, heal=heal)
+    result = engine.generate(f"ref-{uuid.uuid4()}", kept, params)
     return postprocess.trim(result.text, patterns)
 
 

@@ -20,6 +20,7 @@ export const SCALAR_SETTINGS = [
   "fim",
   "fimSuffixTokens",
   "promptLookup",
+  "tokenHealing",
   "cacheBudgetMb",
   "modelMemoryBudgetMb",
   "preparedCache",
