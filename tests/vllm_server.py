@@ -107,34 +107,33 @@ class VLLMServer:
 
     @contextmanager
     def engine_paused(self):
-        """The engine core stopped (SIGSTOP) while the API server still answers: nothing is generated."""
+        """The engine core stopped (SIGSTOP) while the API server still answers: nothing is generated.
+        Yields a `Stepper` whose `run(seconds)` lets it run that long, stopped again after."""
         pids = self.engine_pids()
         assert pids, "no engine core process in the server's process group"
         _signal(pids, signal.SIGSTOP)
         try:
-            yield
+            yield Stepper(pids)
         finally:
             _signal(pids, signal.SIGCONT)
 
     @contextmanager
     def engine_slowed(self, run_s: float = 0.005, period_s: float = 0.05):
-        """The engine core running `run_s` of every `period_s` (SIGCONT, then SIGSTOP): ~10x slower. Yields
-        a `Hold`: after `hold()` the engine stays stopped until the block ends."""
-        pids, done, control = self.engine_pids(), threading.Event(), Hold()
+        """The engine core running `run_s` of every `period_s` (SIGCONT, then SIGSTOP): ~10x slower."""
+        pids, done = self.engine_pids(), threading.Event()
         assert pids, "no engine core process in the server's process group"
 
         def cycle():
-            while not done.is_set() and not control.wanted.is_set():
+            while not done.is_set():
                 _signal(pids, signal.SIGCONT)
                 time.sleep(run_s)
                 _signal(pids, signal.SIGSTOP)
                 done.wait(period_s - run_s)
-            control.stopped.set()  # left stopped (SIGSTOP was the last signal)
 
         thread = threading.Thread(target=cycle, daemon=True)
         thread.start()
         try:
-            yield control
+            yield
         finally:
             done.set()
             thread.join()
@@ -164,15 +163,16 @@ class VLLMServer:
             return ""
 
 
-class Hold:
-    """A slowed engine's brake: `hold()` returns once the engine is stopped and stays so."""
+class Stepper:
+    """A paused engine core, let run in short windows: it is stopped between them."""
 
-    def __init__(self):
-        self.wanted, self.stopped = threading.Event(), threading.Event()
+    def __init__(self, pids: list[int]):
+        self.pids = pids
 
-    def hold(self, timeout: float = 5.0) -> None:
-        self.wanted.set()
-        assert self.stopped.wait(timeout), "the engine was not stopped"
+    def run(self, seconds: float) -> None:
+        _signal(self.pids, signal.SIGCONT)
+        time.sleep(seconds)
+        _signal(self.pids, signal.SIGSTOP)
 
 
 def _signal(pids: list[int], sig: int) -> None:
