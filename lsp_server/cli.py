@@ -66,7 +66,8 @@ def add_complete(c: argparse.ArgumentParser) -> None:
         "--fim",
         choices=FIM_MODES,
         default="auto",
-        help="fill-in-the-middle: the text after the position in the model's template (auto: if it has one)",
+        help="fill-in-the-middle: the text after the position in the model's template (auto: if it has one "
+        "and its tokenizer does not turn auto off)",
     )
     c.add_argument(
         "--fim-suffix-tokens", type=int, default=FIM_SUFFIX_TOKENS, help="token budget of the text after it"
@@ -223,7 +224,8 @@ def cli_prompt(args, engine, before: str, after: str, params):
     if args.token_healing and getattr(engine, "heals", False):
         before, heal = split_heal(before)
         params = dataclasses.replace(params, heal=heal)
-    template = None if args.fim == "off" else fim.template_for(tok)
+    auto_off = args.fim == "auto" and not getattr(tok, "fim_auto", True)  # FIM worse than plain for it
+    template = None if args.fim == "off" or auto_off else fim.template_for(tok)
     if template is None:
         if args.fim == "on":
             print(

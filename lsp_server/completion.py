@@ -295,6 +295,8 @@ class Completer:
         if not hasattr(loaded, "fim_template"):  # found once per model, from its tokenizer's special tokens
             loaded.fim_template = fim.template_for(loaded.tokenizer)
         template = loaded.fim_template
+        if mode == "auto" and not getattr(loaded.tokenizer, "fim_auto", True):
+            return None  # the model does worse with FIM prompts than with plain ones (the built-in model)
         if template is None and mode == "on" and id(loaded) not in self.fim_told:
             self.fim_told.add(id(loaded))
             show(

@@ -245,7 +245,9 @@ TABLE: tuple[Option, ...] = (
         str,
         "auto",
         "fill-in-the-middle (the text after the cursor in the prompt, in the model's template): `auto` (on "
-        "when the model's tokenizer has FIM sentinels), `on`, `off`; codegen.status shows the template",
+        "when the model's tokenizer has FIM sentinels, unless its tokenizer_config.json sets "
+        "`codegen_lsp_fim_auto: false`, as the built-in model's does: its FIM prompts do worse than plain "
+        "ones), `on`, `off`; codegen.status shows the template",
         choices=FIM_MODES,
     ),
     Option(

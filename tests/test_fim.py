@@ -51,6 +51,17 @@ def test_no_template_without_sentinels():
     assert fim.template_for(load_tokenizer(CODEGEN_TOKENIZER_DIR)) is None
 
 
+def test_the_builtin_model_has_the_qwen_template_but_turns_auto_off(tmp_path):
+    """Its FIM prompts do worse than plain ones (inference/builtin/README.md); tokenizer_config says so."""
+    from inference.hub import BUILTIN_DIR
+
+    tok = load_tokenizer(BUILTIN_DIR)
+    assert fim.template_for(tok).name == "qwen2.5-coder" and tok.fim_auto is False
+    assert load_tokenizer(QWEN_TOKENIZER_DIR).fim_auto is True  # no such key: auto is on
+    (tmp_path / "tokenizer.json").write_bytes((BUILTIN_DIR / "tokenizer.json").read_bytes())
+    assert load_tokenizer(tmp_path).fim_auto is True  # no tokenizer_config.json at all
+
+
 def test_qwen_prompt_is_exactly_the_template(qwen):
     prefix, suffix = "def f(x):\n    return ", "\n\nprint(f(2))\n"
     template = fim.template_for(qwen)

@@ -122,6 +122,17 @@ async def test_fim_on_without_sentinels_says_so_and_completes(servers, codegen_c
     assert (await status(client, uri))["completions"]["lastPrompt"]["fimTemplate"] is None
 
 
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_the_builtin_model_uses_fim_only_when_told(servers, mode):
+    """Its tokenizer has Qwen2.5-Coder's sentinels but turns `auto` off (FIM does worse for it than plain)."""
+    client = await servers({"model": "builtin", "maxNewTokens": 4, "maxLatencyMs": 0, "fim": mode})
+    uri = f"file:///builtin-{mode}.py"
+    open_doc(client, uri, TEXT)
+    await inline(client, uri, *CURSOR, automatic=False)
+    want = "qwen2.5-coder" if mode == "on" else None
+    assert (await status(client, uri))["completions"]["lastPrompt"]["fimTemplate"] == want
+
+
 async def accept_twice(client, uri: str, before: str, after: str) -> tuple[list[str], dict]:
     """Ask in the middle, accept (didChange inserting the answer at the cursor), ask again, twice."""
     open_doc(client, uri, before + after)

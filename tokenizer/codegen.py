@@ -40,6 +40,10 @@ def _byte_decoder() -> dict[str, int]:
 class CodeGenTokenizer:
     """encode/decode exactly (never strips), plus an incremental decoder for streaming."""
 
+    # False when the model's FIM prompts do worse than plain ones (tokenizer_config.json's
+    # `codegen_lsp_fim_auto`, the built-in model's): the server's `fim: auto` then leaves FIM off.
+    fim_auto: bool = True
+
     def __init__(self, tok: Tokenizer, eos_token: str = ENDOFTEXT, bos_token: str | None = ENDOFTEXT):
         self._tok = tok
         tok.encode_special_tokens = True  # a special token's text in a document is text
@@ -94,14 +98,16 @@ class CodeGenTokenizer:
 
 
 def load_tokenizer_json(path: Path) -> CodeGenTokenizer:
-    """Load `tokenizer.json` (plus the eos/bos names from tokenizer_config.json when present)."""
-    eos, bos = ENDOFTEXT, ENDOFTEXT
+    """Load `tokenizer.json` (and eos/bos names, `codegen_lsp_fim_auto` from tokenizer_config.json)."""
+    eos, bos, data = ENDOFTEXT, ENDOFTEXT, {}
     cfg = path.parent / "tokenizer_config.json"
     if cfg.is_file():
         data = json.loads(cfg.read_text(encoding="utf-8"))
         eos = _token_str(data.get("eos_token")) or eos
         bos = _token_str(data.get("bos_token")) or bos
-    return CodeGenTokenizer(Tokenizer.from_file(str(path)), eos, bos)
+    tok = CodeGenTokenizer(Tokenizer.from_file(str(path)), eos, bos)
+    tok.fim_auto = data.get("codegen_lsp_fim_auto") is not False
+    return tok
 
 
 def load_vocab_merges(directory: Path) -> CodeGenTokenizer:

@@ -23,12 +23,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_default_model import cut, resolve_model  # noqa: E402
+from eval_default_model import FIM_SUFFIX_TOKENS, cut, resolve_model  # noqa: E402
 
 from inference.engine import Engine  # noqa: E402
 from inference.generate import GenerationParams  # noqa: E402
 from inference.heal import split  # noqa: E402
 from inference.loader import load_model  # noqa: E402
+from inference.rules import prompt_limit  # noqa: E402
+from lsp_server import fim  # noqa: E402
+from lsp_server.prompt import fim_prompt_ids  # noqa: E402
 
 log = logging.getLogger("eval_canonical")
 
@@ -97,25 +100,40 @@ def normal(line: str) -> str:
     return line.strip().replace("'", '"').replace(" ", "")
 
 
-def first_line(engine: Engine, prompt: str, max_new_tokens: int, heal: bool) -> str:
+def first_line(engine: Engine, prompt: str, max_new_tokens: int, heal: bool, template=None) -> str:
     """Greedy completion's first line, the prompt cut as the server cuts it and, with `heal`, its trailing
-    spaces healed as the server and `codegen-lsp complete` do (inference/heal.py)."""
+    spaces healed as the server and `codegen-lsp complete` do (inference/heal.py); with a FIM `template`, in
+    it with an empty suffix, as the server prompts at the end of a file under `fim`."""
     kept, spaces = split(prompt) if heal else (prompt, "")
-    params = GenerationParams(max_new_tokens=max_new_tokens, stop_patterns=("\n",), heal=spaces)
-    return engine.generate("eval", cut(engine, kept, max_new_tokens), params).text
+    if template is None:
+        params = GenerationParams(max_new_tokens=max_new_tokens, stop_patterns=("\n",), heal=spaces)
+        return engine.generate("eval", cut(engine, kept, max_new_tokens), params).text
+    tok, limit = engine.loaded.tokenizer, prompt_limit(engine.capacity, max_new_tokens)
+    ids = fim_prompt_ids(kept, "", tok, template, limit, FIM_SUFFIX_TOKENS)[0].ids
+    stop_ids = fim.stop_ids(template, tok)
+    params = GenerationParams(max_new_tokens, stop_patterns=("\n",), heal=spaces, stop_ids=stop_ids)
+    return engine.generate("eval", ids, params).text
 
 
-def evaluate(model: str, max_new_tokens: int, heal: bool = True) -> dict:
+def evaluate(model: str, max_new_tokens: int, heal: bool = True, use_fim: bool = False) -> dict:
     """{"model", "hits", "total", "answers": {name: first line}} for one model."""
     loaded = load_model(resolve_model(model))
     loaded.model.eval()
     engine = Engine(loaded)
+    template = fim.template_for(loaded.tokenizer) if use_fim else None
+    if use_fim and template is None:
+        return {
+            "model": f"{model} (no FIM tokens)",
+            "hits": 0,
+            "total": 0,
+            "answers": dict.fromkeys(PROMPTS, ""),
+        }
     answers, hits = {}, 0
     for name, (prompt, accepted) in PROMPTS.items():
-        line = first_line(engine, prompt, max_new_tokens, heal)
+        line = first_line(engine, prompt, max_new_tokens, heal, template)
         answers[name] = line
         hits += normal(line) in {normal(a) for a in accepted}
-    label = model if heal else f"{model} (as typed)"
+    label = model + ("" if heal else " (as typed)") + (" (FIM)" if use_fim else "")
     return {"model": label, "hits": hits, "total": len(PROMPTS), "answers": answers}
 
 
@@ -140,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--as-typed", action="store_true", help="also without token healing, side by side")
+    parser.add_argument("--fim", action="store_true", help="also in the FIM template, empty suffix (healed)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -149,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(evaluate(m, args.max_new_tokens))
         if args.as_typed:
             results.append(evaluate(m, args.max_new_tokens, heal=False))
+        if args.fim:
+            results.append(evaluate(m, args.max_new_tokens, use_fim=True))
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
