@@ -88,8 +88,9 @@ class StdioClient:
     def close_doc(self, uri: str) -> None:
         self.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
 
-    def inline_text(self, uri: str, text: str, line: int, character: int) -> str:
-        """The text the server's inline completion puts after (line, character) of the open `text`."""
+    def inline_text(self, uri: str, text: str, line: int, character: int, allow_empty: bool = False) -> str:
+        """The text the server's inline completion puts after (line, character) of the open `text` ("" when
+        it suggests nothing and `allow_empty`)."""
         result = self.request(
             "textDocument/inlineCompletion",
             {
@@ -99,6 +100,8 @@ class StdioClient:
             },
         )
         items = result["items"] if isinstance(result, dict) else result or []
+        if not items and allow_empty:
+            return ""
         assert items, f"the server suggests nothing for {text!r}"
         item = items[0]
         insert = item["insertText"] if isinstance(item["insertText"], str) else item["insertText"]["value"]
@@ -120,10 +123,18 @@ class StdioClient:
 
 
 def reference_inline(
-    cmd: list[str], env: dict, root: Path, options: dict, uri: str, texts: list[str], suffix: str = ""
+    cmd: list[str],
+    env: dict,
+    root: Path,
+    options: dict,
+    uri: str,
+    texts: list[str],
+    suffix: str = "",
+    allow_empty: bool = False,
 ) -> list[str]:
     """The server's inline completion at the end of each text (each its own document, followed by
-    `suffix`, closed after it: the editor under test has that one document open), in one server."""
+    `suffix`, closed after it: the editor under test has that one document open), in one server; "" for
+    a text it suggests nothing for when `allow_empty`."""
     client = StdioClient(cmd, env=env, cwd=root)
     out = []
     try:
@@ -131,7 +142,8 @@ def reference_inline(
         for i, text in enumerate(texts):
             doc = f"{uri}.{i}.py"
             client.open(doc, text + suffix)
-            out.append(client.inline_text(doc, text + suffix, text.count("\n"), len(text.split("\n")[-1])))
+            line, character = text.count("\n"), len(text.split("\n")[-1])
+            out.append(client.inline_text(doc, text + suffix, line, character, allow_empty))
             client.close_doc(doc)
     finally:
         client.close()
