@@ -15,13 +15,15 @@ MALFORMED = {
     "bad_ids": b'data: {"choices": [{"text": "x", "token_ids": ["x"]}]}\n\n',
     "not_sse": b"<html>proxy error</html>\n",
 }
+ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 
 
 class FakeOpenAI:
     """Streams `tokens` (ids, decoded with `tokenizer`) one chunk each; `mode` picks a fault:
     ok | http500 | no_done | slow (no answer before `delay_s`) | one of MALFORMED | after `fault_after`
     tokens: stop_listening (as vLLM stopped by SIGTERM: no new connection is accepted and the open stream
-    stays open, silent, until stop()) or reset (the connection reset, as by a killed process)."""
+    stays open, silent, until stop()), engine_dead (as vLLM whose engine died: an error chunk, then [DONE])
+    or reset (the connection reset, as by a killed process)."""
 
     def __init__(self, tokenizer, tokens: list[int], port: int = 0, model: str = "fake", max_model_len=512):
         self.tokenizer, self.tokens, self.model, self.max_model_len = tokenizer, tokens, model, max_model_len
@@ -88,7 +90,7 @@ class FakeOpenAI:
                 h.wfile.flush()
                 return
             for k, i in enumerate(self.tokens[: self.requests[-1]["max_tokens"]]):
-                if k == self.fault_after and self.mode in ("stop_listening", "reset"):
+                if k == self.fault_after and self.mode in ("stop_listening", "reset", "engine_dead"):
                     self._fault(h)
                     return
                 if self.mode != "slow" and self.delay_s:
@@ -109,6 +111,11 @@ class FakeOpenAI:
             h.close_connection = True
 
     def _fault(self, h) -> None:
+        if self.mode == "engine_dead":  # vLLM's streaming error response (EngineDeadError), then [DONE]
+            error = {"message": ENGINE_DEAD, "type": "InternalServerError", "param": None, "code": 500}
+            h.wfile.write(f"data: {json.dumps({'error': error})}\n\ndata: [DONE]\n\n".encode())
+            h.wfile.flush()
+            return
         if self.mode == "reset":  # SO_LINGER 0: close() sends a RST
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             h.connection.close()

@@ -13,7 +13,7 @@ from lsp_server import remote_stream
 from lsp_server.prompt import prompt_ids
 from lsp_server.remote import RemoteEngine, RemoteSpec, RemoteSpecError, literal_stops, load_tokenizer_for
 from tests.checkpoints import CODEGEN_TOKENIZER_DIR
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import ENGINE_DEAD, FakeOpenAI
 from tests.vllm_server import free_port
 
 TOKENIZER = load_tokenizer_for(str(CODEGEN_TOKENIZER_DIR))
@@ -185,6 +185,14 @@ def test_a_server_stopped_mid_stream_is_noticed_within_a_second(fake):
     assert r.stop_reason == "remote_unavailable" and r.text == ""
     assert "went away mid-stream" in r.extra["remote_error"]
     assert noticed_s < 1.0, f"noticed {noticed_s:.2f} s after the server stopped listening"
+
+
+def test_an_error_chunk_mid_stream_is_relayed(fake):
+    """A server whose engine died mid-stream says so in the stream: its message is the error, nothing kept."""
+    fake.mode, fake.fault_after = "engine_dead", 5
+    r = engine_for(fake.url, timeoutMs=10000).generate("doc", PROMPT, GenerationParams(max_new_tokens=50))
+    assert r.stop_reason == "remote_unavailable" and r.text == "" and fake.sent == [5]
+    assert r.extra["remote_error"] == f"server error: {ENGINE_DEAD}"
 
 
 def test_a_connection_reset_mid_stream_is_noticed_at_once(fake):

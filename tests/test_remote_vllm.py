@@ -18,6 +18,7 @@ import pytest
 from inference.export import export_gptj
 from inference.hub import BUILTIN_DIR
 from tests.conftest import change, inline, open_doc, status
+from tests.fake_openai import ENGINE_DEAD
 from tests.vllm_server import VLLMServer, vllm_python
 
 MODEL = "builtin-gptj"
@@ -221,8 +222,9 @@ async def test_server_stopped_mid_session_then_back(start_server, vllm):
 
 async def test_a_vllm_stopped_mid_stream_is_noticed_within_a_second(start_server, vllm_model, tmp_path):
     """Issue 24: vLLM stopped mid-stream: remote_unavailable within about a second, not after timeoutMs."""
-    # SIGTERM (systemd, docker stop): vLLM stops listening but keeps the open stream, silent; timeoutMs is
-    # 20 s here. Its own server, so that the module's keeps serving the other tests.
+    # SIGTERM (systemd, docker stop): vLLM stops listening but keeps the open stream, silent, or (a race
+    # inside it) aborts the stream with an error chunk; timeoutMs is 20 s here. Its own server, so that the
+    # module's keeps serving the other tests.
     python, model_dir = vllm_model
     own = VLLMServer(python, model_dir, MODEL, WINDOW, tmp_path / "vllm.log")
     own.start()
@@ -267,5 +269,9 @@ async def test_a_vllm_stopped_mid_stream_is_noticed_within_a_second(start_server
     assert items == [] and noticed_s < 1.5, noticed_s
     st = await status(client, uri)
     assert st["completions"]["lastReason"] == "remote_unavailable"
-    assert "went away mid-stream" in st["models"][0]["engine"]["lastError"]
+    # vLLM's SIGTERM ends the open stream one of two ways, by a race inside it (both seen on one machine):
+    # its engine client aborts the request (an error chunk with EngineDeadError's message, relayed), or its
+    # listener closes first and the stream stays open and silent (the liveness check: "went away mid-stream").
+    err = st["models"][0]["engine"]["lastError"]
+    assert "went away mid-stream" in err or err == f"server error: {ENGINE_DEAD}", err
     assert sum("completion server is unavailable" in m.message for m in client.messages) == 1
