@@ -5,7 +5,8 @@ The documented trimming of one completion, in order:
    at the first match and returns the text before it (the one cut); the server then strips trailing white
    space. `trim()` is that cut and strip as one function of a text (tests and benchmarks state it with it).
    - the language's stop patterns (`stopPatterns[language]`, else the built-in list, else `*`);
-   - a decoding loop: a line repeated three times in a row ends the completion before its first copy;
+   - a decoding loop: a block of one to four lines (the first non-blank) repeated three times in a row ends
+     the completion before its first copy;
    - `line` mode: the end of the first non-blank line; `sentence` mode: the first sentence end
      (`。．！？` at once, `.!?` when followed by white space); `block` mode (code only): the scope limit, a
      line that dedents below the indentation of the cursor's line; `free`: nothing more.
@@ -37,7 +38,8 @@ DEFAULT_STOP_PATTERNS: dict[str, list[str]] = {
 }
 PROSE = frozenset(PROSE_LANGUAGES)
 LINE_END = r"(?<=\S)[ \t]*\r?\n"
-REPEATED_LINE = r"^(?=(?=[^\n]*\S)([^\n]*\n)\1\1)"  # at the first of three identical non-blank lines
+# At the first of three identical blocks in a row: the smallest block of 1-4 whole lines, its first non-blank.
+REPEATED_BLOCK = r"^(?=(?=[^\n]*\S)((?:[^\n]*\n){1,4}?)\1\1)"
 SENTENCE_END = r"(?<=[。．！？])|(?<=[.!?])(?=\s)"
 WORD_CHAR = re.compile(r"\w")
 
@@ -70,7 +72,7 @@ def patterns_for(
     language: str, mode: str, line_prefix: str, overrides: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[re.Pattern, ...]:
     """Every stop regex of one completion request (language + mode + scope), compiled once."""
-    pats = language_patterns(language, overrides) + [REPEATED_LINE]
+    pats = language_patterns(language, overrides) + [REPEATED_BLOCK]
     if mode == "line":
         pats.append(LINE_END)
     elif mode == "sentence":

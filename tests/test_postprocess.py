@@ -153,6 +153,15 @@ def test_trim_is_idempotent_and_strips_trailing_space():
         ("a = 1\nn = n\nn = n\nn = n", "a = 1\nn = n\nn = n\nn = n"),
         ("a()\n\n\n", "a()"),
         ("x\n    n\n  n\nn\n", "x\n    n\n  n\nn"),
+        ("a = 1\n" + "    if n < 0:\n        return n\n" * 3, "a = 1"),
+        ("a = 1\n" + "if a:\n    b()\n\n    c = [\n" * 3, "a = 1"),
+        (
+            "a = 1\n" + "if a:\n    b()\n\n    c = [\n    ]\n" * 3,
+            ("a = 1\n" + "if a:\n    b()\n\n    c = [\n    ]\n" * 3).rstrip(),
+        ),
+        ("a\nb\n" * 2 + "a\n", "a\nb\na\nb\na"),
+        ("a\n" + "\nb\n" * 3, "a\n\nb\n\nb\n\nb"),
+        ("a\n" + "\nb\n" * 4, "a"),
     ],
     ids=[
         "loop",
@@ -162,6 +171,12 @@ def test_trim_is_idempotent_and_strips_trailing_space():
         "third-unfinished",
         "blank",
         "indents-differ",
+        "two-line-loop",
+        "four-line-loop",
+        "five-lines-are-not-a-loop",
+        "block-two-and-a-half-times",
+        "blank-first-three-times",
+        "blank-first-four-times",
     ],
 )
 def test_a_decoding_loop_ends_the_completion(text, expected):
